@@ -1,0 +1,32 @@
+"""lightning-prune: scheduled structured pruning for PyTorch Lightning.
+
+>>> from lightning_prune import PruningCallback
+>>> callback = PruningCallback(ratio=0.5, schedule="agp", criterion="l2")
+"""
+
+from .callback import PruningCallback
+from .criteria import CRITERIA, get_criterion
+from .module import ClassifierModule
+from .pruner import ChannelPruner, find_output_layers
+from .report import LayerRow, count_macs_params, layer_report, render_layer_report
+from .schedules import SCHEDULES, get_schedule
+from .surgery import ParameterChange, ParameterTracker, remap_optimizer
+
+__all__ = [
+    "CRITERIA",
+    "SCHEDULES",
+    "ChannelPruner",
+    "ClassifierModule",
+    "LayerRow",
+    "ParameterChange",
+    "ParameterTracker",
+    "PruningCallback",
+    "count_macs_params",
+    "find_output_layers",
+    "get_criterion",
+    "get_schedule",
+    "layer_report",
+    "remap_optimizer",
+    "render_layer_report",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,80 @@
+"""Importance criteria: names mapped to torch-pruning importance estimators.
+
+torch-pruning already scores channel groups well, so this module only names its estimators, adds the one
+thing it lacks (a *seeded* random criterion: ``tp.importance.RandomImportance`` draws from the global RNG),
+and says which criteria need gradients.
+
+>>> imp = get_criterion("l1")
+>>> type(imp).__name__
+'GroupMagnitudeImportance'
+>>> needs_gradients(get_criterion("taylor"))
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch_pruning as tp
+
+Importance = tp.importance.Importance
+
+
+class SeededRandomImportance(Importance):
+    """Random scores from a private, seeded generator, so a run is reproducible.
+
+    >>> a, b = SeededRandomImportance(seed=3), SeededRandomImportance(seed=3)
+    >>> bool(torch.equal(a.scores(5), b.scores(5)))
+    True
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def scores(self, n: int) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator)
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs) -> torch.Tensor:  # noqa: ANN001 - torch-pruning Group
+        _, idxs = group[0]
+        return self.scores(len(idxs))
+
+
+CRITERIA: dict[str, Callable[[int], Importance]] = {
+    "l1": lambda seed: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda seed: tp.importance.GroupMagnitudeImportance(p=2),
+    # first-order Taylor |w * dL/dw|; the callback supplies the gradients (see PruningCallback)
+    "taylor": lambda seed: tp.importance.GroupTaylorImportance(),
+    "bn_scale": lambda seed: tp.importance.BNScaleImportance(),
+    "lamp": lambda seed: tp.importance.LAMPImportance(p=2),
+    "fpgm": lambda seed: tp.importance.FPGMImportance(p=2),
+    "random": lambda seed: SeededRandomImportance(seed),
+}
+
+
+def get_criterion(criterion: str | Importance, seed: int = 0) -> Importance:
+    """Build the importance estimator named ``criterion``; an ``Importance`` instance passes through.
+
+    ``seed`` seeds the ``random`` criterion.
+
+    >>> get_criterion("random", seed=1).scores(2).shape
+    torch.Size([2])
+    """
+    if isinstance(criterion, Importance):
+        return criterion
+    if not isinstance(criterion, str) or criterion not in CRITERIA:
+        raise ValueError(
+            f"unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)} "
+            "or pass a torch_pruning.importance.Importance instance"
+        )
+    return CRITERIA[criterion](seed)
+
+
+def needs_gradients(importance: Importance) -> bool:
+    """Whether ``importance`` reads ``.grad`` of the weights (Taylor and Hessian criteria).
+
+    >>> needs_gradients(get_criterion("l2"))
+    False
+    """
+    return isinstance(importance, tp.importance.GroupTaylorImportance | tp.importance.GroupHessianImportance)

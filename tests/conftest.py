@@ -1,0 +1,71 @@
+"""Small models and data shared by the tests (no torchvision, no downloads)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.set_num_threads(1)
+
+
+def conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class PlainNet(nn.Module):
+    """A VGG-style stack: no coupled layers, so every conv is its own pruning group."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(conv_bn(3, 16), conv_bn(16, 24), nn.MaxPool2d(2), conv_bn(24, 32))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class ResidualNet(nn.Module):
+    """A stem, one residual block (coupled channels) and a linear head."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.block = nn.Sequential(conv_bn(16, 24), nn.Conv2d(24, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.block(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def random_loader(n: int = 64, batch_size: int = 16, num_classes: int = 4, size: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=g)
+
+
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    pl.seed_everything(0, verbose=False)
