@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -16,7 +16,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from .criteria import CRITERIA, Importance, needs_gradients
+from .checkpoint import RECORD_KEY, check_same_architecture, first_shape_mismatch, make_record, pruning_record
+from .criteria import CRITERIA, Importance, SeededRandomImportance, needs_gradients
 from .pruner import (
     ChannelPruner,
     PruneStep,
@@ -62,6 +63,19 @@ def _shapes(output: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in output_tensors(output)]
 
 
+class _SharedHook:
+    """A hook that copies of the module share instead of deep-copying (it refers to the trainer)."""
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> None:
+        self.fn(*args)
+
+    def __deepcopy__(self, memo: dict) -> _SharedHook:
+        return self
+
+
 class PruningCallback(Callback):
     r"""Physically remove channels on a schedule while the model trains.
 
@@ -73,6 +87,12 @@ class PruningCallback(Callback):
     After each prune the trainer's optimizers point at the new parameters with their state sliced to the
     kept channels (momentum, Adam moments), LR schedulers continue untouched, frozen parameters stay
     frozen, train/eval modes are restored and the output layer is never pruned.
+
+    Checkpoints carry a pruning record (see :mod:`lightning_prune.checkpoint`), so
+    ``trainer.fit(fresh_module, ckpt_path=...)`` re-structures the fresh module before its weights load, for
+    any LightningModule. A checkpoint saved at validation end of epoch N (``save_on_train_epoch_end=False``)
+    holds the model from before that epoch's prune; on resume Lightning finishes epoch N again, so the
+    prune is applied exactly once.
 
     The ``taylor`` criterion needs gradients: the callback sums the gradients of every optimizer step of a
     pruning epoch (taken in ``on_before_optimizer_step``, so after gradient accumulation and AMP unscaling)
@@ -163,6 +183,9 @@ class PruningCallback(Callback):
         self._inputs: Any = None
         self._output_shapes: list[tuple[int, ...]] = []
         self._grad_sums: dict[torch.nn.Parameter, torch.Tensor] = {}
+        self._trainer: pl.Trainer | None = None
+        self._load_hook: Any = None
+        self._random_state: torch.Tensor | None = None  # restored before the pruner exists
         # checkpointed state
         self.pruned_ratio = 0.0  # scheduled ratio reached so far
         self.events: list[dict[str, Any]] = []
@@ -241,17 +264,27 @@ class PruningCallback(Callback):
             ) from err
         self._inputs = inputs
         self.baseline = layer_report(model, inputs)
+        self._trainer = trainer
+        self._restore_random_state()
+        self._load_hook = pl_module.register_load_state_dict_pre_hook(_SharedHook(self._restructure_before_load))
         rank_zero_info(
             f"PruningCallback: {self.pruner.prunable_channels} prunable channels; output layers kept: "
             f"{output_layers}; pruning to {self.ratio:.0%} over epochs {self.start_epoch}..{self._end_epoch}"
         )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # the strategy has moved the model to its device by now
+        # the checkpoint (if any) is restored and the strategy has moved the model to its device by now
+        self._remove_load_hook()
         self._inputs = _to_device(self._inputs, pl_module.device)
+
+    def _remove_load_hook(self) -> None:
+        if self._load_hook is not None:
+            self._load_hook.remove()
+            self._load_hook = None
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._grad_sums = {}
+        self._remove_load_hook()
 
     # -- gradients for taylor -------------------------------------------------------------------------
     def _prunes_at(self, epoch: int) -> bool:
@@ -336,13 +369,48 @@ class PruningCallback(Callback):
             rank_zero_info("PruningCallback: per-layer report\n" + render_layer_report(self.report))
 
     # -- checkpointing --------------------------------------------------------------------------------
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.pruner is not None:
+            checkpoint[RECORD_KEY] = make_record(self.pruner.history(), self._inputs)
+
+    def _restructure_before_load(self, module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Load-state-dict pre-hook: bring a fresh module to the checkpoint's pruned shapes before the weights
+        load, for any LightningModule. Lightning loads the model's weights before any callback state, and
+        hands no public hook to callbacks in between, so the record is read from the checkpoint that
+        Lightning has just loaded (``_checkpoint_connector._loaded_checkpoint``)."""
+        if prefix or self.pruner is None or self._trainer is None:
+            return
+        checkpoint = getattr(self._trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
+        record = pruning_record(checkpoint)
+        if record is None or record["history"] == self.pruner.history():
+            return
+        check_same_architecture(module, state_dict)
+        if first_shape_mismatch(module, state_dict) is None:
+            self.pruner.adopt_history(record["history"])  # the module re-structured itself (on_load_checkpoint)
+            return
+        if self.pruner.history():
+            raise ValueError("the model was already pruned in this fit; resume with a fresh, unpruned module")
+        self.pruner.replay(record["history"])
+        mismatch = first_shape_mismatch(module, state_dict)
+        if mismatch is not None:
+            raise ValueError(f"the pruning record does not reproduce the checkpoint's shapes; first layer: {mismatch}")
+
+    def _restore_random_state(self) -> None:
+        importance = self.pruner.importance if self.pruner is not None else None
+        if isinstance(importance, SeededRandomImportance) and self._random_state is not None:
+            importance.generator.set_state(self._random_state)
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "pruned_ratio": self.pruned_ratio,
-            "events": [dict(e) for e in self.events],
-            "history": self.pruner.history() if self.pruner is not None else [],
-        }
+        importance = self.pruner.importance if self.pruner is not None else None
+        state: dict[str, Any] = {"pruned_ratio": self.pruned_ratio, "events": [dict(e) for e in self.events]}
+        if isinstance(importance, SeededRandomImportance):
+            state["random_state"] = importance.generator.get_state()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruned_ratio = float(state_dict.get("pruned_ratio", 0.0))
         self.events = [dict(e) for e in state_dict.get("events", [])]
+        self._random_state = state_dict.get("random_state")
+        self._restore_random_state()

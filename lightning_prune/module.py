@@ -11,12 +11,19 @@ import torch
 import torchmetrics
 from torch import nn
 
+from .checkpoint import PrunedCheckpointMixin
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierModule(PrunedCheckpointMixin, pl.LightningModule):
     """Cross-entropy training of ``model`` with accuracy for train, val and test.
+
+    A pruned checkpoint reloads with ``ClassifierModule.load_from_checkpoint(path, model=fresh_network)``:
+    the fresh network is re-structured to the checkpoint's shapes first. The optimizer and scheduler
+    factories are not saved as hyperparameters (they are not plain data, and would make checkpoints unsafe
+    to load with ``weights_only=True``).
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` and ``test/acc``. The optimizer and LR
     scheduler are factories (Hydra's ``_partial_: true``): ``optimizer(params)`` and ``lr_scheduler(opt)``.
@@ -41,7 +48,7 @@ class ClassifierModule(pl.LightningModule):
         super().__init__()
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval={lr_interval!r} is invalid; choose 'epoch' or 'step'")
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler

@@ -29,6 +29,7 @@ import math
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch_pruning as tp
@@ -229,6 +230,21 @@ class ChannelPruner:
         self.graph = self._pruner.DG
         self._roots = self._group_roots()
         self._initial_root_channels = sum(self._channels(m, out) for m, out in self._roots)
+        self._register_original_widths()
+
+    def _register_original_widths(self) -> None:
+        """Let torch-pruning record every ranking scope's channel count now, at the original widths.
+
+        BasePruner records them lazily at its first step; after a resume (history replayed first) that
+        would make later ratios relative to the already pruned widths. A zero-ratio step records them
+        and prunes nothing; magnitude scores stand in for criteria that need gradients.
+        """
+        importance = self._pruner.importance
+        self._pruner.importance = tp.importance.GroupMagnitudeImportance(p=1)
+        try:
+            self.prune_to(0.0)
+        finally:
+            self._pruner.importance = importance
 
     # -- channel accounting -------------------------------------------------------------------------
     def _group_roots(self) -> list[tuple[nn.Module, bool]]:
@@ -323,15 +339,9 @@ class ChannelPruner:
     def replay(self, history: Sequence[Sequence]) -> PruneStep:
         """Apply recorded prunes (from :meth:`history`) to this model, e.g. to restore a checkpoint's shapes."""
         tracker = ParameterTracker(self.model)
-        records = self.graph.pruning_history()
         with preserved_training_modes(self.model), torch.no_grad():
-            for name, is_out, idxs in history:
-                module = self.model.get_submodule(name)
-                layer_pruner = self.graph.get_pruner_of_module(module)
-                fn = layer_pruner.prune_out_channels if is_out else layer_pruner.prune_in_channels
-                group = self.graph.get_pruning_group(module, fn, list(idxs))
-                tracker.apply(lambda g=group: g.prune(record_history=False), owners=self._owners(group))
-                records.append([name, bool(is_out), list(idxs)])
+            replay_history(self.graph, history, tracker)
+        self.graph.pruning_history().extend(plain_history(history))
         return PruneStep(
             target=self.channel_ratio(),
             achieved=self.channel_ratio(),
@@ -339,3 +349,38 @@ class ChannelPruner:
             changes=tracker.changes(),
             history=plain_history(history),
         )
+
+    def adopt_history(self, history: Sequence[Sequence]) -> None:
+        """Record ``history`` as already applied (the model was re-structured by other means)."""
+        # torch-pruning has no setter; its history is this plain list
+        self.graph._pruning_history = plain_history(history)
+
+
+def replay_history(
+    graph: tp.DependencyGraph, history: Sequence[Sequence], tracker: ParameterTracker | None = None
+) -> None:
+    """Apply plain pruning records ``[module name, is_out, indices]`` through ``graph``, in order.
+
+    Unlike ``DependencyGraph.load_pruning_history`` this names the record that does not fit the model.
+    """
+    model = graph.model
+    for step, (name, is_out, idxs) in enumerate(history):
+        try:
+            module = model.get_submodule(name)
+            layer_pruner = graph.get_pruner_of_module(module)
+            width = graph.get_out_channels(module) if is_out else graph.get_in_channels(module)
+            if layer_pruner is None or width is None:
+                raise ValueError("it is not a prunable layer of this model")
+            if idxs and (max(idxs) >= width or min(idxs) < 0):
+                raise ValueError(f"indices up to {max(idxs)} do not fit its {width} channels")
+            fn = layer_pruner.prune_out_channels if is_out else layer_pruner.prune_in_channels
+            group = graph.get_pruning_group(module, fn, list(idxs))
+        except (AttributeError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"pruning record {step} does not match the model: layer {name!r}: {err}"
+            ) from err
+        prune = partial(group.prune, record_history=False)
+        if tracker is None:
+            prune()
+        else:
+            tracker.apply(prune, owners=[dep.target.module for dep, _ in group])

@@ -44,11 +44,11 @@ class ResidualNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def random_loader(n: int = 64, batch_size: int = 16, num_classes: int = 4, size: int = 8, seed: int = 0):
+def random_loader(n: int = 64, batch_size: int = 16, num_classes: int = 4, size: int = 8, seed: int = 0, shuffle=True):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, size, size, generator=g)
     y = torch.randint(0, num_classes, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
 def quiet_trainer(**kwargs) -> pl.Trainer:

@@ -1,0 +1,213 @@
+"""Checkpoint replay: a pruned Lightning checkpoint loads everywhere an ordinary one does.
+
+A pruned model's checkpoint holds smaller tensors than a freshly built module, so ``load_state_dict``
+fails with size mismatches (Lightning's ``ModelPruning`` has the same gap). The callback therefore stores a
+*pruning record* in every checkpoint under ``checkpoint["lightning_prune"]``: torch-pruning's pruning
+history (module names, a flag and channel indices: plain data) and the one-sample example inputs needed to
+rebuild the dependency graph. Replaying the history on a fresh module reproduces the pruned structure
+exactly; then the weights load as usual. Everything in the record is plain data or tensors, so checkpoints
+load with ``torch.load(path, weights_only=True)``.
+
+>>> import torch
+>>> from lightning_prune.pruner import ChannelPruner
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1))
+>>> pruner = ChannelPruner(net, torch.zeros(1, 3, 4, 4), ignored_layers=[net[2]])
+>>> _ = pruner.prune_to(0.5)
+>>> ckpt = {"state_dict": net.state_dict(), RECORD_KEY: make_record(pruner.history(), torch.zeros(1, 3, 4, 4))}
+>>> fresh = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1))
+>>> _ = restore_pruned(fresh, ckpt)
+>>> fresh[0].out_channels, bool(torch.equal(fresh[0].weight, net[0].weight))
+(4, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .pruner import plain_history, preserved_training_modes, replay_history, traceable
+
+RECORD_KEY = "lightning_prune"
+RECORD_VERSION = 1
+
+
+def make_record(history: Sequence[Sequence], example_inputs: Any) -> dict[str, Any]:
+    """The pruning record stored in a checkpoint: plain history plus CPU example inputs.
+
+    >>> make_record([("conv", True, [1])], torch.zeros(1, 3))["history"]
+    [['conv', True, [1]]]
+    """
+    return {
+        "version": RECORD_VERSION,
+        "history": plain_history(history),
+        "example_inputs": _to_cpu(example_inputs),
+    }
+
+
+def _to_cpu(inputs: Any) -> Any:
+    if torch.is_tensor(inputs):
+        return inputs.detach().cpu()
+    if isinstance(inputs, tuple | list):
+        return type(inputs)(_to_cpu(x) for x in inputs)
+    if isinstance(inputs, dict):
+        return {k: _to_cpu(v) for k, v in inputs.items()}
+    return inputs
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: pruned checkpoints hold no pickled objects.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.ckpt"; torch.save({"state_dict": {}}, path)
+    >>> load_checkpoint(path)
+    {'state_dict': {}}
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def pruning_record(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's pruning record, or None for a checkpoint of an unpruned run.
+
+    >>> pruning_record({"state_dict": {}}) is None
+    True
+    """
+    record = checkpoint.get(RECORD_KEY)
+    if record is None or not record.get("history"):
+        return None
+    if record.get("version") != RECORD_VERSION:
+        raise ValueError(f"unsupported pruning record version {record.get('version')!r}; expected {RECORD_VERSION}")
+    return record
+
+
+def _state_prefix(module: nn.Module, state_dict: Mapping[str, Any]) -> str:
+    """The prefix that maps ``state_dict``'s keys onto ``module``'s (``"model."`` for a LightningModule's
+    checkpoint loaded into the plain network it wraps; ``""`` for the same module)."""
+    own = set(module.state_dict())
+    best, best_hits = "", sum(k in own for k in state_dict)
+    for key in state_dict:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i]) + "."
+            hits = sum(k[len(prefix):] in own for k in state_dict if k.startswith(prefix))
+            if hits > best_hits:
+                best, best_hits = prefix, hits
+    return best
+
+
+def _strip(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def check_same_architecture(module: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first key that one side has and the other lacks.
+
+    >>> check_same_architecture(torch.nn.Linear(2, 2), {"weight": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: the checkpoint does not match the module's architecture: first key only in the module: 'bias'
+    """
+    own = list(module.state_dict())
+    own_set, theirs = set(own), set(state_dict)
+    only_module = [k for k in own if k not in theirs]
+    only_ckpt = [k for k in state_dict if k not in own_set]
+    if only_module or only_ckpt:
+        where = (
+            f"first key only in the module: {only_module[0]!r}"
+            if only_module
+            else f"first key only in the checkpoint: {only_ckpt[0]!r}"
+        )
+        raise ValueError(f"the checkpoint does not match the module's architecture: {where}")
+
+
+def first_shape_mismatch(module: nn.Module, state_dict: Mapping[str, Any]) -> str | None:
+    """The first tensor whose shape differs between ``module`` and ``state_dict``, described; else None."""
+    for key, tensor in module.state_dict().items():
+        other = state_dict.get(key)
+        if torch.is_tensor(other) and tuple(other.shape) != tuple(tensor.shape):
+            return f"{key!r}: module {tuple(tensor.shape)} vs checkpoint {tuple(other.shape)}"
+    return None
+
+
+def _replay(module: nn.Module, record: Mapping[str, Any], prefix: str) -> None:
+    history = [[name[len(prefix):], is_out, idxs] for name, is_out, idxs in record["history"]]
+    if prefix and any(not name.startswith(prefix) for name, _, _ in record["history"]):
+        raise ValueError(f"the pruning record names layers outside {prefix!r}; it does not match the module")
+    inputs = record["example_inputs"]
+    try:
+        with traceable(module):
+            graph = tp.DependencyGraph().build_dependency(module, example_inputs=inputs)
+    except Exception as err:
+        raise ValueError(
+            f"cannot rebuild the dependency graph of {type(module).__name__} with the checkpoint's example "
+            f"inputs: {type(err).__name__}: {err}"
+        ) from err
+    with preserved_training_modes(module), torch.no_grad():
+        replay_history(graph, history)
+
+
+def restructure(module: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
+    """Re-structure ``module`` in place to the checkpoint's pruned shapes; its weights are not loaded.
+
+    Does nothing (returns False) for an unpruned checkpoint or a module already in the pruned shapes.
+    A checkpoint of another architecture, or a record that does not fit the module, raises ``ValueError``
+    naming the first layer that disagrees, and leaves ``module`` untouched: the replay is tried on a copy
+    first, so a module is never half re-structured.
+    """
+    record = pruning_record(checkpoint)
+    if record is None:
+        return False
+    prefix = _state_prefix(module, checkpoint["state_dict"])
+    state = _strip(checkpoint["state_dict"], prefix)
+    check_same_architecture(module, state)
+    if first_shape_mismatch(module, state) is None:
+        return False
+    trial = copy.deepcopy(module)
+    _replay(trial, record, prefix)
+    mismatch = first_shape_mismatch(trial, state)
+    if mismatch is not None:
+        raise ValueError(f"the pruning record does not reproduce the checkpoint's shapes; first layer: {mismatch}")
+    _replay(module, record, prefix)
+    return True
+
+
+def restore_pruned(module: nn.Module, checkpoint_or_path: Mapping[str, Any] | str | os.PathLike) -> nn.Module:
+    """Re-structure any LightningModule or ``nn.Module`` from a pruned Lightning checkpoint and load its weights.
+
+    ``module`` may be the LightningModule that was trained or the plain network it wraps (keys are matched
+    by prefix, e.g. ``model.``). Returns ``module``, now pruned, with the checkpoint's weights.
+    See the module docstring for an example.
+    """
+    checkpoint = (
+        checkpoint_or_path if isinstance(checkpoint_or_path, Mapping) else load_checkpoint(checkpoint_or_path)
+    )
+    if "state_dict" not in checkpoint:
+        raise ValueError("not a Lightning checkpoint: it has no 'state_dict'")
+    prefix = _state_prefix(module, checkpoint["state_dict"])
+    state = _strip(checkpoint["state_dict"], prefix)
+    check_same_architecture(module, state)
+    restructure(module, checkpoint)
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+class PrunedCheckpointMixin:
+    """Add to a LightningModule so that ``MyModule.load_from_checkpoint(path)`` returns the pruned model.
+
+    Lightning calls ``on_load_checkpoint`` before it loads the weights; this re-structures the freshly
+    built module to the checkpoint's shapes first.
+
+    Example::
+
+        class MyModule(PrunedCheckpointMixin, LightningModule): ...
+        model = MyModule.load_from_checkpoint("last.ckpt")
+    """
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restructure(self, checkpoint)  # type: ignore[arg-type]
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
