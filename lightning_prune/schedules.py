@@ -112,6 +112,7 @@ def get_schedule(schedule: str | Schedule, **kwargs: float) -> Schedule:
     >>> get_schedule(lambda p: p ** 2)(0.5)
     0.25
     """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # unset config keys arrive as None
     if callable(schedule):
         if kwargs:
             return partial(schedule, **kwargs)

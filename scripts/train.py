@@ -1,0 +1,21 @@
+"""Train and prune a classifier: ``python scripts/train.py data=digits schedule=agp ratio=0.4``.
+
+Hydra composes conf/train.yaml; the logic lives in lightning_prune.app.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from lightning_prune.app import train
+from lightning_prune.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
