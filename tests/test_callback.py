@@ -301,3 +301,20 @@ def test_an_untraceable_model_is_rejected_before_training_with_the_cause():
     callback = PruningCallback(example_inputs=torch.zeros(1, 5, 8, 8))
     message = _fails_before_training(callback)
     assert "ClassifierModule" in message and "(1, 5, 8, 8)" in message and "channels" in message
+
+
+def test_a_small_cnn_on_digits_keeps_its_accuracy_with_half_the_channels_pruned():
+    from lightning_prune.data import DigitsDataModule
+    from lightning_prune.models import small_cnn
+
+    datamodule = DigitsDataModule(size=16, channels=1, batch_size=64, seed=0)
+    module = ClassifierModule(small_cnn(num_classes=10, in_channels=1, width=16), num_classes=10,
+                              optimizer=partial(torch.optim.AdamW, lr=3e-3))
+    callback = PruningCallback(ratio=0.5, schedule="agp", context="global", criterion="l2", end_epoch=3,
+                               verbose=False)
+    trainer = quiet_trainer(max_epochs=6, callbacks=[callback])
+    trainer.fit(module, datamodule=datamodule)
+    metrics = trainer.callback_metrics
+    assert callback.pruner.channel_ratio() == pytest.approx(0.5, abs=0.02)
+    assert metrics["prune/macs_ratio"].item() < 0.4
+    assert metrics["val/acc"].item() >= 0.95
