@@ -1,21 +1,35 @@
 """``PruningCallback``: scheduled structured pruning inside ``trainer.fit``.
 
 The callback is thin on purpose: schedules (``schedules``), criteria (``criteria``), the dependency-graph
-engine (``pruner``), optimizer surgery (``surgery``) and reports (``report``) live in their own modules.
+engine (``pruner``), optimizer surgery (``surgery``), reports (``report``) and pruning to a MACs, parameter
+or latency budget (``budget``) live in their own modules.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
 
+from .budget import (
+    BUDGET_TARGETS,
+    MAX_RATIO,
+    TARGETS,
+    BudgetSearch,
+    intermediate_budget,
+    make_metric,
+    prune_to_budget,
+    resolve_ratio_overrides,
+    search_channel_ratio,
+    trial_value,
+)
 from .checkpoint import RECORD_KEY, check_same_architecture, first_shape_mismatch, make_record, pruning_record
 from .criteria import CRITERIA, Importance, SeededRandomImportance, needs_gradients
 from .pruner import (
@@ -25,6 +39,7 @@ from .pruner import (
     find_output_layers,
     match_layer_patterns,
     output_tensors,
+    preserved_training_modes,
 )
 from .report import LayerRow, count_macs_params, layer_report, render_layer_report
 from .schedules import SCHEDULES, Schedule, get_schedule, scheduled_ratio
@@ -76,6 +91,15 @@ class _SharedHook:
         return self
 
 
+def _untraceable(pl_module: pl.LightningModule, inputs: Any, err: Exception) -> ValueError:
+    shape = [tuple(t.shape) for t in output_tensors(inputs)]
+    return ValueError(
+        f"torch-pruning cannot trace {type(pl_module).__name__} with example inputs of shape {shape}: "
+        f"{type(err).__name__}: {err}. Pass PruningCallback(example_inputs=...) that the model's "
+        "forward accepts, or ignore the offending layers with ignored_layers=[...]"
+    )
+
+
 class PruningCallback(Callback):
     r"""Physically remove channels on a schedule while the model trains.
 
@@ -94,12 +118,21 @@ class PruningCallback(Callback):
     holds the model from before that epoch's prune; on resume Lightning finishes epoch N again, so the
     prune is applied exactly once.
 
+    With ``target="macs"``, ``"params"`` or ``"latency"`` the schedule runs in that unit instead: after each
+    pruning epoch the model has at most ``1 - (1 - budget) * schedule(p)`` of the dense model's MACs,
+    parameters or latency, and at the last one at most ``budget``, at most one pruning granule below it. The
+    channel ratio that meets it is searched at every pruning epoch on copies of the model (bisection; see
+    :mod:`lightning_prune.budget`). A budget below what ``max_layer_ratio``, ``ignored_layers`` and
+    ``ratio_overrides`` allow is rejected before training with the smallest reachable value. Latency is the
+    median of timed forward passes on the training device with the example inputs (resolved at fit start,
+    once the model is on its device); it is noisy, so it is met as measured.
+
     The ``taylor`` criterion needs gradients: the callback sums the gradients of every optimizer step of a
     pruning epoch (taken in ``on_before_optimizer_step``, so after gradient accumulation and AMP unscaling)
     and scores channels with that sum, so a single noisy batch never decides.
 
     Args:
-        ratio: final share of prunable channels removed, in [0, 1).
+        ratio: final share of prunable channels removed, in [0, 1); used with ``target="channels"`` only.
         schedule: a name from :data:`lightning_prune.schedules.SCHEDULES` or a callable ``p -> fraction``.
         criterion: a name from :data:`lightning_prune.criteria.CRITERIA` or a torch-pruning ``Importance``.
         context: ``"global"`` ranks channels across layers, ``"local"`` prunes every layer by the ratio.
@@ -114,11 +147,22 @@ class PruningCallback(Callback):
         pruner_kwargs: passed through to ``torch_pruning.pruner.BasePruner``, e.g. ``customized_pruners``
             and ``unwrapped_parameters`` for custom layers.
         verbose: print the per-layer report at the end of fit (rank zero only).
+        target: what the schedule prunes toward: ``"channels"`` (``ratio``), or a budget of ``"macs"``,
+            ``"params"`` or ``"latency"``.
+        budget: the final model's MACs, parameters or latency as a fraction of the dense model's, in (0, 1);
+            required for, and only for, a budget target.
+        ratio_overrides: fnmatch patterns on module names, relative to the LightningModule like
+            ``ignored_layers`` (``{"model.layer4.*": 0.2}``), mapped to their own channel ratio in [0, 1)
+            through torch-pruning's ``pruning_ratio_dict``: the layers one pattern matches are ranked together
+            (``"global"``) or one by one (``"local"``) and lose that share of their channels, on the same
+            schedule and under ``max_layer_ratio``. A budget search moves only the other layers.
 
     Example::
 
         trainer = Trainer(max_epochs=10, callbacks=[PruningCallback(ratio=0.5, schedule="agp")])
         trainer.fit(model, datamodule)
+        # half the compute instead of half the channels:
+        PruningCallback(target="macs", budget=0.5, schedule="agp")
     """
 
     def __init__(
@@ -136,6 +180,9 @@ class PruningCallback(Callback):
         seed: int | None = None,
         pruner_kwargs: dict[str, Any] | None = None,
         verbose: bool = True,
+        target: Literal["channels", "macs", "params", "latency"] = "channels",
+        budget: float | None = None,
+        ratio_overrides: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= ratio < 1.0:
@@ -159,6 +206,36 @@ class PruningCallback(Callback):
             raise ValueError(f"max_layer_ratio={max_layer_ratio!r} is invalid; it must lie in (0, 1]")
         if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
             raise ValueError(f"round_to={round_to!r} is invalid; it must be None or an integer >= 1")
+        if target not in TARGETS:
+            raise ValueError(f"target={target!r} is unknown; choose one of {list(TARGETS)}")
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 < budget < 1.0
+        ):
+            raise ValueError(
+                f"budget={budget!r} is invalid; it must lie in (0, 1), a fraction of the dense model's {target}"
+            )
+        if target == "channels" and budget is not None:
+            raise ValueError(
+                f"budget={budget!r} needs a budget target; set target to one of {list(BUDGET_TARGETS)} "
+                "(target='channels' prunes to ratio)"
+            )
+        if target != "channels" and budget is None:
+            raise ValueError(
+                f"target={target!r} needs budget in (0, 1), e.g. budget=0.5 for half the dense model's "
+                f"{target}; got budget=None"
+            )
+        if ratio_overrides is not None and not isinstance(ratio_overrides, Mapping):
+            raise ValueError(
+                f"ratio_overrides={ratio_overrides!r} is invalid; it must map module-name patterns to ratios"
+            )
+        for pattern, value in (ratio_overrides or {}).items():
+            if not isinstance(pattern, str) or isinstance(value, bool) or not isinstance(value, int | float) or not (
+                0.0 <= value < 1.0
+            ):
+                raise ValueError(
+                    f"ratio_overrides[{pattern!r}]={value!r} is invalid; patterns must be strings and ratios "
+                    "must lie in [0, 1)"
+                )
         if isinstance(ignored_layers, str):
             ignored_layers = [ignored_layers]
         self.ratio = float(ratio)
@@ -174,6 +251,9 @@ class PruningCallback(Callback):
         self.seed = seed
         self.pruner_kwargs = dict(pruner_kwargs or {})
         self.verbose = verbose
+        self.target = target
+        self.budget = None if budget is None else float(budget)
+        self.ratio_overrides = {str(k): float(v) for k, v in (ratio_overrides or {}).items()}
 
         # set in setup(), per fit
         self.pruner: ChannelPruner | None = None
@@ -186,14 +266,25 @@ class PruningCallback(Callback):
         self._trainer: pl.Trainer | None = None
         self._load_hook: Any = None
         self._random_state: torch.Tensor | None = None  # restored before the pruner exists
+        self._override_layers: dict[nn.Module, float] = {}  # layer -> its final ratio (ratio_overrides)
+        self._metric: Any = None  # absolute measure of the budget target
+        self._dense_value = 0.0
+        self._strategy: Any = None  # to share latency readings between processes
+        self._n_kept = 0  # ignored and output layers
+        self.smallest_reachable: float | None = None  # of the budget target, as a fraction of dense
+        self.budget_plan: BudgetSearch | None = None  # the search for the final budget, before training
+        self.last_search: BudgetSearch | None = None  # the search of the latest pruning epoch
         # checkpointed state
-        self.pruned_ratio = 0.0  # scheduled ratio reached so far
+        self.pruned_ratio = 0.0  # channel ratio reached so far
+        self.pruned_fraction = 0.0  # schedule value reached so far
         self.events: list[dict[str, Any]] = []
 
     # -- set-up ---------------------------------------------------------------------------------------
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(ratio=self.ratio, context=self.context)
+        if self.target == "channels":
+            return self._generate_state_key(ratio=self.ratio, context=self.context)
+        return self._generate_state_key(target=self.target, budget=self.budget, context=self.context)
 
     def _resolve_end_epoch(self, trainer: pl.Trainer) -> int:
         max_epochs = trainer.max_epochs
@@ -235,14 +326,29 @@ class PruningCallback(Callback):
         if stage != "fit":
             return
         self._end_epoch = self._resolve_end_epoch(trainer)
+        self._strategy = trainer.strategy
         model = pl_module
         inputs = _to_device(self._resolve_inputs(trainer, pl_module), pl_module.device)
         matched = match_layer_patterns(model, self.ignored_layers)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), preserved_training_modes(model):
+                model.eval()  # a train-mode pass would update BatchNorm statistics before training
                 self._output_shapes = _shapes(call_model(model, inputs))
             output_layers = find_output_layers(model, inputs)
-            ignored = {name for names in matched.values() for name in names} | set(output_layers)
+        except Exception as err:  # tracing failures surface here, before any training
+            raise _untraceable(pl_module, inputs, err) from err
+        ignored = {name for names in matched.values() for name in names} | set(output_layers)
+        overrides = resolve_ratio_overrides(model, self.ratio_overrides, never_pruned=ignored)
+        self._override_layers = {
+            model.get_submodule(name): ratio for names, ratio in overrides.values() for name in names
+        }
+        pruner_kwargs = dict(self.pruner_kwargs)
+        if overrides:  # one torch-pruning scope per pattern
+            pruner_kwargs["pruning_ratio_dict"] = {
+                **(pruner_kwargs.get("pruning_ratio_dict") or {}),
+                **{tuple(model.get_submodule(n) for n in names): ratio for names, ratio in overrides.values()},
+            }
+        try:
             seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
             self.pruner = ChannelPruner(
                 model,
@@ -253,29 +359,76 @@ class PruningCallback(Callback):
                 round_to=self.round_to,
                 max_layer_ratio=self.max_layer_ratio,
                 seed=seed,
-                **self.pruner_kwargs,
+                **pruner_kwargs,
             )
-        except Exception as err:  # tracing failures surface here, before any training
-            shape = [tuple(t.shape) for t in output_tensors(inputs)]
-            raise ValueError(
-                f"torch-pruning cannot trace {type(pl_module).__name__} with example inputs of shape {shape}: "
-                f"{type(err).__name__}: {err}. Pass PruningCallback(example_inputs=...) that the model's "
-                "forward accepts, or ignore the offending layers with ignored_layers=[...]"
-            ) from err
+        except Exception as err:
+            raise _untraceable(pl_module, inputs, err) from err
         self._inputs = inputs
         self.baseline = layer_report(model, inputs)
         self._trainer = trainer
         self._restore_random_state()
         self._load_hook = pl_module.register_load_state_dict_pre_hook(_SharedHook(self._restructure_before_load))
+        goal = f"{self.ratio:.0%} of channels" if self.budget is None else f"{self.budget:.0%} of dense {self.target}"
         rank_zero_info(
             f"PruningCallback: {self.pruner.prunable_channels} prunable channels; output layers kept: "
-            f"{output_layers}; pruning to {self.ratio:.0%} over epochs {self.start_epoch}..{self._end_epoch}"
+            f"{output_layers}; pruning to {goal} over epochs {self.start_epoch}..{self._end_epoch}"
         )
+        self._n_kept = len(ignored)
+        if self.target in ("macs", "params"):  # device-independent: resolve now; latency at fit start
+            self._resolve_budget(pl_module)
+
+    def _resolve_budget(self, pl_module: pl.LightningModule) -> None:
+        """Measure the dense model, reject an unreachable budget, and search the final budget's channel ratio
+        on the current weights (an estimate: the search is repeated at every pruning epoch)."""
+        assert self.pruner is not None and self.budget is not None
+        self._metric = make_metric(self.target, self._inputs)
+        self._dense_value = self._shared(float(self._metric(pl_module)))
+        if self._dense_value <= 0:
+            raise ValueError(f"the dense model has {self.target}={self._dense_value}; a budget needs a positive one")
+        overrides = self._overrides_at(1.0)
+        self.smallest_reachable = trial_value(self.pruner, self._measure, MAX_RATIO, overrides)
+        if self.budget < self.smallest_reachable:
+            extra = f" and ratio_overrides={self.ratio_overrides}" if self.ratio_overrides else ""
+            raise ValueError(
+                f"budget={self.budget} for target={self.target!r} cannot be reached: the smallest reachable "
+                f"{self.target} ratio is {self.smallest_reachable:.6f}, with every prunable layer cut to "
+                f"max_layer_ratio={self.max_layer_ratio}{extra} and {self._n_kept} ignored or output layer(s) kept "
+                f"whole. Use budget >= {self.smallest_reachable:.6f}, a larger max_layer_ratio or fewer "
+                "ignored_layers"
+            )
+        self.budget_plan = search_channel_ratio(self.pruner, self._measure, self.budget, 0.0, overrides)
+        rank_zero_info(
+            f"PruningCallback: {self.target} budget {self.budget:.1%} of dense ({self._dense_value:.6g}); "
+            f"smallest reachable {self.smallest_reachable:.1%}; at the current weights it takes removing "
+            f"{self.budget_plan.ratio:.1%} of channels (search: {self.budget_plan.trials} trials, "
+            f"{self.budget_plan.seconds:.2f}s)"
+        )
+
+    def _measure(self, model: nn.Module) -> float:
+        """The budget target's measure of ``model`` as a fraction of the dense model's."""
+        return self._shared(self._metric(model)) / self._dense_value
+
+    def _shared(self, value: float) -> float:
+        """Latency differs between processes: every rank uses rank zero's readings, so that all ranks take
+        the same search path and prune the same channels. MACs and parameters agree already."""
+        if self.target != "latency" or self._strategy is None:
+            return value
+        return float(self._strategy.broadcast(value, src=0))
+
+    def _overrides_at(self, fraction: float) -> dict[nn.Module, float]:
+        """Per-layer ratios of ``ratio_overrides`` at schedule value ``fraction``."""
+        return {module: ratio * fraction for module, ratio in self._override_layers.items()}
+
+    def _fraction(self, epoch: int) -> float:
+        """The schedule's value after ``epoch``, in [0, 1]."""
+        return scheduled_ratio(epoch, 1.0, self.schedule, self.start_epoch, self._end_epoch)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the checkpoint (if any) is restored and the strategy has moved the model to its device by now
         self._remove_load_hook()
         self._inputs = _to_device(self._inputs, pl_module.device)
+        if self.pruner is not None and self.target == "latency":  # measured on the training device
+            self._resolve_budget(pl_module)
 
     def _remove_load_hook(self) -> None:
         if self._load_hook is not None:
@@ -285,11 +438,14 @@ class PruningCallback(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._grad_sums = {}
         self._remove_load_hook()
+        self._strategy = None
 
     # -- gradients for taylor -------------------------------------------------------------------------
     def _prunes_at(self, epoch: int) -> bool:
-        target = scheduled_ratio(epoch, self.ratio, self.schedule, self.start_epoch, self._end_epoch)
-        return target > self.pruned_ratio + 1e-12
+        if self.budget is None and not self._override_layers:
+            target = scheduled_ratio(epoch, self.ratio, self.schedule, self.start_epoch, self._end_epoch)
+            return target > self.pruned_ratio + 1e-12
+        return self._fraction(epoch) > self.pruned_fraction + 1e-12
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -309,8 +465,14 @@ class PruningCallback(Callback):
         epoch = trainer.current_epoch
         if self.pruner is None or not self._prunes_at(epoch):
             return
-        target = scheduled_ratio(epoch, self.ratio, self.schedule, self.start_epoch, self._end_epoch)
-        step = self.prune(trainer, pl_module, target)
+        fraction = self._fraction(epoch)
+        budget = None if self.budget is None else intermediate_budget(self.budget, fraction)
+        if budget is None:
+            target = scheduled_ratio(epoch, self.ratio, self.schedule, self.start_epoch, self._end_epoch)
+        else:
+            target = self.pruned_ratio  # the search starts where the last prune ended
+        step = self.prune(trainer, pl_module, target, budget=budget, fraction=fraction)
+        self.pruned_fraction = fraction
         macs, params = count_macs_params(pl_module, self._inputs)
         dense = self.baseline[-1]
         metrics = {
@@ -320,29 +482,60 @@ class PruningCallback(Callback):
             "prune/params_ratio": params / dense.params,
             "prune/macs_ratio": macs / dense.macs,
         }
+        extra: dict[str, Any] = {}
+        if budget is not None and self.last_search is not None:
+            metrics["prune/budget_target"] = budget
+            if self.target == "latency":
+                metrics["prune/latency_ratio"] = self.last_search.value
+            extra["search"] = self.last_search.as_dict()
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
-        self.events.append({"epoch": epoch, "target": target, **metrics})
+        self.events.append({"epoch": epoch, "target": step.target, **metrics, **extra})
+        scheduled = f"scheduled {target:.1%}" if budget is None else f"{self.target} budget {budget:.1%}"
         rank_zero_info(
-            f"PruningCallback: epoch {epoch}: removed {step.achieved:.1%} of channels (scheduled "
-            f"{target:.1%}); params {params / dense.params:.1%}, MACs {macs / dense.macs:.1%} of dense"
+            f"PruningCallback: epoch {epoch}: removed {step.achieved:.1%} of channels ({scheduled}); "
+            f"params {params / dense.params:.1%}, MACs {macs / dense.macs:.1%} of dense"
         )
+        if self.last_search is not None and budget is not None and not self.last_search.met:
+            rank_zero_warn(
+                f"PruningCallback: epoch {epoch}: the {self.target} budget {budget:.1%} was missed: "
+                f"{self.last_search.value:.1%} of dense after pruning to {step.achieved:.1%} of channels"
+            )
 
-    def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> PruneStep:
-        """Prune to ``target`` now and carry the trainer's optimizers over to the new parameters."""
+    def prune(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        target: float,
+        budget: float | None = None,
+        fraction: float = 1.0,
+    ) -> PruneStep:
+        """Prune now and carry the trainer's optimizers over to the new parameters.
+
+        Without ``budget``, ``target`` is the share of the ORIGINAL channels removed. With ``budget`` (a
+        fraction of the dense model's ``self.target`` measure), the smallest channel ratio ``>= target``
+        that meets it is searched and applied (:func:`lightning_prune.budget.prune_to_budget`; the search is
+        in ``last_search``). ``ratio_overrides`` are scaled by the schedule value ``fraction``.
+        """
         assert self.pruner is not None
+        overrides = self._overrides_at(fraction)
         gradient_based = needs_gradients(self.pruner.importance)
         if gradient_based:
             for param in pl_module.parameters():
                 param.grad = self._grad_sums.get(param, torch.zeros_like(param))
-        step = self.pruner.prune_to(target)
+        if budget is None:
+            step = self.pruner.prune_to(target, overrides)
+        else:
+            if self._metric is None:
+                raise RuntimeError("a budget prune needs the budget resolved first (PruningCallback.setup)")
+            step, self.last_search = prune_to_budget(self.pruner, self._measure, budget, target, overrides)
         self._grad_sums = {}
         if gradient_based:
             for param in pl_module.parameters():
                 param.grad = None
         for optimizer in trainer.optimizers:
             remap_optimizer(optimizer, step.changes)
-        self.pruned_ratio = target
+        self.pruned_ratio = step.target
         self._check_forward(pl_module, step)
         return step
 
@@ -404,13 +597,19 @@ class PruningCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         importance = self.pruner.importance if self.pruner is not None else None
-        state: dict[str, Any] = {"pruned_ratio": self.pruned_ratio, "events": [dict(e) for e in self.events]}
+        state: dict[str, Any] = {
+            "pruned_ratio": self.pruned_ratio,
+            "pruned_fraction": self.pruned_fraction,
+            "events": [dict(e) for e in self.events],
+        }
         if isinstance(importance, SeededRandomImportance):
             state["random_state"] = importance.generator.get_state()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruned_ratio = float(state_dict.get("pruned_ratio", 0.0))
+        derived = self.pruned_ratio / self.ratio if self.ratio > 0 and self.budget is None else 0.0
+        self.pruned_fraction = float(state_dict.get("pruned_fraction", derived))
         self.events = [dict(e) for e in state_dict.get("events", [])]
         self._random_state = state_dict.get("random_state")
         self._restore_random_state()

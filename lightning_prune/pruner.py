@@ -7,7 +7,10 @@ torch-pruning's ``BasePruner`` does the heavy lifting (DepGraph, importance rank
   pruner is re-aimed per call instead of following its fixed ``iterative_steps`` list.
 - *A hard per-layer cap.* ``max_pruning_ratio`` is only checked before a step, so one global step can strip
   a layer far below it; here each group is trimmed to its least important channels so that no layer ever
-  keeps fewer than ``(1 - max_layer_ratio)`` of its original channels.
+  keeps fewer than ``(1 - max_layer_ratio)`` of its original channels. torch-pruning silently skips a group
+  whose every channel was selected (``check_pruning_group``), so at high ratios whole layers would escape
+  pruning and the result would not grow with the ratio; here such a group is trimmed to its cap instead,
+  which keeps ``prune_to`` monotone up to the smallest reachable model (what a budget search relies on).
 - *Module state kept.* Tracing calls ``model.eval()``; modes are restored. New parameters get
   ``requires_grad`` from the old ones, and :class:`~lightning_prune.surgery.ParameterTracker` reports which
   entries survived so optimizers can follow.
@@ -242,7 +245,8 @@ class ChannelPruner:
         importance = self._pruner.importance
         self._pruner.importance = tp.importance.GroupMagnitudeImportance(p=1)
         try:
-            self.prune_to(0.0)
+            # layers with their own ratio (pruning_ratio_dict) are held at zero too; prune_to re-aims them
+            self.prune_to(0.0, {module: 0.0 for module in self._pruner.pruning_ratio_dict})
         finally:
             self._pruner.importance = importance
 
@@ -302,6 +306,16 @@ class ChannelPruner:
         drop = plain[torch.argsort(scores[plain])[:allowed]]
         return self.graph.get_pruning_group(module, dep.handler, drop.tolist())
 
+    @contextmanager
+    def _full_groups_capped(self):
+        """Let torch-pruning yield groups whose every channel is selected; :meth:`_capped` trims them to
+        the cap and the real ``check_pruning_group`` runs on the trimmed group."""
+        self.graph.check_pruning_group = lambda group: True
+        try:
+            yield
+        finally:
+            del self.graph.check_pruning_group
+
     @staticmethod
     def _owners(group) -> list[object]:  # noqa: ANN001 - torch-pruning Group
         return [dep.target.module for dep, _ in group]
@@ -309,7 +323,9 @@ class ChannelPruner:
     def prune_to(self, target: float, ratio_overrides: dict[nn.Module, float] | None = None) -> PruneStep:
         """Prune until ``target`` of the ORIGINAL prunable channels are removed; never un-prunes.
 
-        ``ratio_overrides`` maps layers to their own target ratio for this step.
+        ``ratio_overrides`` maps layers to their own target ratio for this step. torch-pruning builds its
+        ranking scopes at construction, so only layers that are keys of the ``pruning_ratio_dict`` passed
+        then (as in ``PruningCallback(ratio_overrides=...)``) take an override; for others it has no effect.
         """
         if not 0.0 <= target < 1.0:
             raise ValueError(f"target ratio must lie in [0, 1), got {target!r}")
@@ -321,10 +337,10 @@ class ChannelPruner:
         tracker = ParameterTracker(self.model)
         history_before = len(self.graph.pruning_history())
         n_groups = 0
-        with preserved_training_modes(self.model), torch.no_grad():
+        with preserved_training_modes(self.model), torch.no_grad(), self._full_groups_capped():
             for group in pruner.step(interactive=True):
                 group = self._capped(group)
-                if group is None:
+                if group is None or not type(self.graph).check_pruning_group(self.graph, group):
                     continue
                 tracker.apply(group.prune, owners=self._owners(group))
                 n_groups += 1
