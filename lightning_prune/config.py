@@ -21,6 +21,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .budget import TARGETS
 from .criteria import CRITERIA
 from .schedules import SCHEDULES
 
@@ -58,6 +59,9 @@ class TrainConfig:
     max_layer_ratio: float = 0.9
     label_smoothing: float = 0.0
     latency_repeats: int = 20
+    target: str = "channels"
+    budget: float | None = None
+    ratio_overrides: dict[str, float] = field(default_factory=dict)
     model: Any = MISSING
     data: Any = MISSING
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -88,6 +92,16 @@ def validate_values(cfg: TrainConfig) -> None:
     _check(0.0 < cfg.max_layer_ratio <= 1.0, "max_layer_ratio", cfg.max_layer_ratio, "lie in (0, 1]")
     _check(cfg.round_to is None or cfg.round_to >= 1, "round_to", cfg.round_to, "be null or >= 1")
     _check(cfg.latency_repeats >= 1, "latency_repeats", cfg.latency_repeats, "be >= 1")
+    _check(cfg.target in TARGETS, "target", cfg.target, f"be one of {list(TARGETS)}")
+    _check(cfg.budget is None or 0.0 < cfg.budget < 1.0, "budget", cfg.budget, "be null or lie in (0, 1)")
+    _check(
+        (cfg.budget is None) == (cfg.target == "channels"),
+        "budget",
+        cfg.budget,
+        "be set (in (0, 1)) exactly when target is macs, params or latency",
+    )
+    for pattern, value in cfg.ratio_overrides.items():
+        _check(0.0 <= value < 1.0, f"ratio_overrides[{pattern!r}]", value, "lie in [0, 1)")
     _check(cfg.schedule.schedule in SCHEDULES, "schedule", cfg.schedule.schedule, f"be one of {sorted(SCHEDULES)}")
     _check(
         cfg.criterion.criterion in CRITERIA, "criterion", cfg.criterion.criterion, f"be one of {sorted(CRITERIA)}"

@@ -79,11 +79,21 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
         ("epochs=abc", ConfigCompositionException, r"epochs=abc"),
         ("context=both", ValueError, r"context='both' is invalid"),
         ("start_epoch=10", ValueError, r"start_epoch=10 is invalid; it must lie in \[0, 9\]"),
+        ("budget=0.5", ValueError, r"budget=0.5 is invalid; it must be set .* exactly when target is macs"),
+        ("target=macs", ValueError, r"budget=None is invalid; it must be set"),
+        ("target=flops", ValueError, r"target='flops' is invalid; it must be one of \['channels', 'macs'"),
     ],
 )
 def test_bad_overrides_fail_with_a_message_naming_the_key(override, error, message):
     with pytest.raises(error, match=message):
         validate(compose_train([override]))
+
+
+def test_a_budget_target_reaches_the_callback():
+    cfg = compose_train(["target=macs", "budget=0.5", "ratio_overrides={model.layer4.*: 0.2}"])
+    validate(cfg)
+    callback = instantiate(cfg.pruning)
+    assert (callback.target, callback.budget, callback.ratio_overrides) == ("macs", 0.5, {"model.layer4.*": 0.2})
 
 
 def test_a_missing_checkpoint_is_refused_before_training(tmp_path):
