@@ -61,7 +61,7 @@ class TrainConfig:
     latency_repeats: int = 20
     target: str = "channels"
     budget: float | None = None
-    ratio_overrides: dict[str, float] = field(default_factory=dict)
+    ratio_overrides: dict[str, float] | None = None
     model: Any = MISSING
     data: Any = MISSING
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -100,7 +100,7 @@ def validate_values(cfg: TrainConfig) -> None:
         cfg.budget,
         "be set (in (0, 1)) exactly when target is macs, params or latency",
     )
-    for pattern, value in cfg.ratio_overrides.items():
+    for pattern, value in (cfg.ratio_overrides or {}).items():
         _check(0.0 <= value < 1.0, f"ratio_overrides[{pattern!r}]", value, "lie in [0, 1)")
     _check(cfg.schedule.schedule in SCHEDULES, "schedule", cfg.schedule.schedule, f"be one of {sorted(SCHEDULES)}")
     _check(
