@@ -61,7 +61,7 @@ class TrainConfig:
     latency_repeats: int = 20
     target: str = "channels"
     budget: float | None = None
-    ratio_overrides: dict[str, float] | None = None
+    ratio_overrides: Any = None  # a mapping of pattern -> ratio; open so that a command line can set it whole
     model: Any = MISSING
     data: Any = MISSING
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
