@@ -14,9 +14,18 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from .criteria import CRITERIA, Importance, needs_gradients
+from .distributed import (
+    SPAWN_WARNING,
+    check_no_weight_averaging,
+    check_strategy_supported,
+    keep_main_process_model,
+    prune_in_sync,
+    rewrap_ddp,
+    spawns_ranks,
+)
 from .pruner import (
     ChannelPruner,
     PruneStep,
@@ -77,6 +86,14 @@ class PruningCallback(Callback):
     The ``taylor`` criterion needs gradients: the callback sums the gradients of every optimizer step of a
     pruning epoch (taken in ``on_before_optimizer_step``, so after gradient accumulation and AMP unscaling)
     and scores channels with that sum, so a single noisy batch never decides.
+
+    Under DDP (``strategy="ddp"``, ``"ddp_spawn"``, ...) rank 0 chooses the channels and every other rank
+    applies exactly its choice, so all ranks keep identical models for every criterion. The DDP wrapper
+    is rebuilt over the new parameters after each prune, so gradients keep synchronising (see
+    :mod:`lightning_prune.distributed`). With ``ddp_spawn`` the model object in the launching process is
+    not updated at the end of fit (Lightning's copy back cannot change shapes): save the pruned model from
+    rank 0 during fit, or use ``"ddp"``. Sharding strategies (FSDP, DeepSpeed) and weight-averaging copies
+    (SWA, EMA) are refused at set-up.
 
     Args:
         ratio: final share of prunable channels removed, in [0, 1).
@@ -211,6 +228,10 @@ class PruningCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        check_strategy_supported(trainer.strategy)
+        check_no_weight_averaging(trainer, pl_module)
+        if spawns_ranks(trainer):
+            rank_zero_warn(SPAWN_WARNING.format(start_method=getattr(trainer.strategy, "_start_method", "spawn")))
         self._end_epoch = self._resolve_end_epoch(trainer)
         model = pl_module
         inputs = _to_device(self._resolve_inputs(trainer, pl_module), pl_module.device)
@@ -252,6 +273,8 @@ class PruningCallback(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._grad_sums = {}
+        if stage == "fit" and self.pruned_ratio > 0 and spawns_ranks(trainer):
+            keep_main_process_model(pl_module)  # Lightning's copy back would fail on the pruned shapes
 
     # -- gradients for taylor -------------------------------------------------------------------------
     def _prunes_at(self, epoch: int) -> bool:
@@ -262,6 +285,8 @@ class PruningCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if self.pruner is None or not needs_gradients(self.pruner.importance):
+            return
+        if not trainer.is_global_zero:  # only rank 0 chooses channels; DDP has already all-reduced the gradients
             return
         if not self._prunes_at(trainer.current_epoch):
             return
@@ -296,19 +321,27 @@ class PruningCallback(Callback):
         )
 
     def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> PruneStep:
-        """Prune to ``target`` now and carry the trainer's optimizers over to the new parameters."""
+        """Prune to ``target`` now and carry the trainer's optimizers over to the new parameters.
+
+        Under DDP every rank must call it: rank 0 chooses, the others replay its choice, and the DDP
+        wrapper is rebuilt over the new parameters.
+        """
         assert self.pruner is not None
-        gradient_based = needs_gradients(self.pruner.importance)
+        gradient_based = needs_gradients(self.pruner.importance) and trainer.is_global_zero
         if gradient_based:
             for param in pl_module.parameters():
                 param.grad = self._grad_sums.get(param, torch.zeros_like(param))
-        step = self.pruner.prune_to(target)
-        self._grad_sums = {}
-        if gradient_based:
-            for param in pl_module.parameters():
-                param.grad = None
+        try:
+            step = prune_in_sync(self.pruner, target, trainer.strategy)
+        finally:
+            self._grad_sums = {}
+            if gradient_based:
+                for param in pl_module.parameters():
+                    param.grad = None
         for optimizer in trainer.optimizers:
             remap_optimizer(optimizer, step.changes)
+        if step.history:  # the same on every rank (broadcast), so all ranks join the rebuild's collectives
+            rewrap_ddp(trainer)
         self.pruned_ratio = target
         self._check_forward(pl_module, step)
         return step
