@@ -32,6 +32,15 @@ from .budget import (
 )
 from .checkpoint import RECORD_KEY, check_same_architecture, first_shape_mismatch, make_record, pruning_record
 from .criteria import CRITERIA, Importance, SeededRandomImportance, needs_gradients
+from .distributed import (
+    SPAWN_WARNING,
+    check_no_weight_averaging,
+    check_strategy_supported,
+    keep_main_process_model,
+    prune_in_sync,
+    rewrap_ddp,
+    spawns_ranks,
+)
 from .pruner import (
     ChannelPruner,
     PruneStep,
@@ -130,6 +139,14 @@ class PruningCallback(Callback):
     The ``taylor`` criterion needs gradients: the callback sums the gradients of every optimizer step of a
     pruning epoch (taken in ``on_before_optimizer_step``, so after gradient accumulation and AMP unscaling)
     and scores channels with that sum, so a single noisy batch never decides.
+
+    Under DDP (``strategy="ddp"``, ``"ddp_spawn"``, ...) rank 0 chooses the channels and every other rank
+    applies exactly its choice, so all ranks keep identical models for every criterion. The DDP wrapper
+    is rebuilt over the new parameters after each prune, so gradients keep synchronising (see
+    :mod:`lightning_prune.distributed`). With ``ddp_spawn`` the model object in the launching process is
+    not updated at the end of fit (Lightning's copy back cannot change shapes): save the pruned model from
+    rank 0 during fit, or use ``"ddp"``. Sharding strategies (FSDP, DeepSpeed) and weight-averaging copies
+    (SWA, EMA) are refused at set-up.
 
     Args:
         ratio: final share of prunable channels removed, in [0, 1); used with ``target="channels"`` only.
@@ -270,6 +287,7 @@ class PruningCallback(Callback):
         self._metric: Any = None  # absolute measure of the budget target
         self._dense_value = 0.0
         self._strategy: Any = None  # to share latency readings between processes
+        self._sharing = True  # False while rank 0 alone searches a budget
         self._n_kept = 0  # ignored and output layers
         self.smallest_reachable: float | None = None  # of the budget target, as a fraction of dense
         self.budget_plan: BudgetSearch | None = None  # the search for the final budget, before training
@@ -325,6 +343,10 @@ class PruningCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        check_strategy_supported(trainer.strategy)
+        check_no_weight_averaging(trainer, pl_module)
+        if spawns_ranks(trainer):
+            rank_zero_warn(SPAWN_WARNING.format(start_method=getattr(trainer.strategy, "_start_method", "spawn")))
         self._end_epoch = self._resolve_end_epoch(trainer)
         self._strategy = trainer.strategy
         model = pl_module
@@ -411,7 +433,7 @@ class PruningCallback(Callback):
     def _shared(self, value: float) -> float:
         """Latency differs between processes: every rank uses rank zero's readings, so that all ranks take
         the same search path and prune the same channels. MACs and parameters agree already."""
-        if self.target != "latency" or self._strategy is None:
+        if self.target != "latency" or self._strategy is None or not self._sharing:
             return value
         return float(self._strategy.broadcast(value, src=0))
 
@@ -439,6 +461,8 @@ class PruningCallback(Callback):
         self._grad_sums = {}
         self._remove_load_hook()
         self._strategy = None
+        if stage == "fit" and self.pruned_ratio > 0 and spawns_ranks(trainer):
+            keep_main_process_model(pl_module)  # Lightning's copy back would fail on the pruned shapes
 
     # -- gradients for taylor -------------------------------------------------------------------------
     def _prunes_at(self, epoch: int) -> bool:
@@ -451,6 +475,8 @@ class PruningCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if self.pruner is None or not needs_gradients(self.pruner.importance):
+            return
+        if not trainer.is_global_zero:  # only rank 0 chooses channels; DDP has already all-reduced the gradients
             return
         if not self._prunes_at(trainer.current_epoch):
             return
@@ -516,25 +542,40 @@ class PruningCallback(Callback):
         fraction of the dense model's ``self.target`` measure), the smallest channel ratio ``>= target``
         that meets it is searched and applied (:func:`lightning_prune.budget.prune_to_budget`; the search is
         in ``last_search``). ``ratio_overrides`` are scaled by the schedule value ``fraction``.
+
+        Under DDP every rank must call it: rank 0 decides, the others replay its choice, and the DDP
+        wrapper is rebuilt over the new parameters.
         """
         assert self.pruner is not None
+        pruner = self.pruner
         overrides = self._overrides_at(fraction)
-        gradient_based = needs_gradients(self.pruner.importance)
+        if budget is not None and self._metric is None:
+            raise RuntimeError("a budget prune needs the budget resolved first (PruningCallback.setup)")
+
+        def decide() -> tuple[PruneStep, Any]:  # runs on rank 0 only
+            if budget is None:
+                return pruner.prune_to(target, overrides), None
+            self._sharing = False  # only rank 0 measures now: no collective inside the search
+            try:
+                return prune_to_budget(pruner, self._measure, budget, target, overrides)
+            finally:
+                self._sharing = True
+
+        gradient_based = needs_gradients(pruner.importance) and trainer.is_global_zero
         if gradient_based:
             for param in pl_module.parameters():
                 param.grad = self._grad_sums.get(param, torch.zeros_like(param))
-        if budget is None:
-            step = self.pruner.prune_to(target, overrides)
-        else:
-            if self._metric is None:
-                raise RuntimeError("a budget prune needs the budget resolved first (PruningCallback.setup)")
-            step, self.last_search = prune_to_budget(self.pruner, self._measure, budget, target, overrides)
-        self._grad_sums = {}
-        if gradient_based:
-            for param in pl_module.parameters():
-                param.grad = None
+        try:
+            step, self.last_search = prune_in_sync(pruner, decide, trainer.strategy)
+        finally:
+            self._grad_sums = {}
+            if gradient_based:
+                for param in pl_module.parameters():
+                    param.grad = None
         for optimizer in trainer.optimizers:
             remap_optimizer(optimizer, step.changes)
+        if step.history:  # the same on every rank (broadcast), so all ranks join the rebuild's collectives
+            rewrap_ddp(trainer)
         self.pruned_ratio = step.target
         self._check_forward(pl_module, step)
         return step
