@@ -30,11 +30,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .callback import PruningCallback
+from .checkpoint import restore_pruned
 from .config import validate
+from .distributed import check_strategy_supported, spawns_ranks
 from .export import load_model, save_json, save_model
 from .latency import compare_latency, measure_latency
 from .module import ClassifierModule
-from .report import count_macs_params, render_layer_report
+from .report import count_macs_params, layer_report, render_layer_report
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,9 @@ def run_training(cfg: DictConfig, out: Path) -> RunResult:
     network = build_model(cfg.model, datamodule.num_classes, input_shape[0])
     dense = copy.deepcopy(network)
     module = build_module(cfg, network, datamodule.num_classes)
+    strategy = cfg.trainer.get("strategy")
+    if isinstance(strategy, str):
+        check_strategy_supported(strategy)  # before anything is built
     pruning: PruningCallback = instantiate(cfg.pruning)
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="best-{epoch}", monitor="val/acc", mode="max", save_last=True
@@ -139,10 +144,15 @@ def run_training(cfg: DictConfig, out: Path) -> RunResult:
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     val_acc = _val_accuracy(trainer)
+    if spawns_ranks(trainer):
+        # spawned ranks trained copies: take the pruned model from rank 0's last checkpoint
+        restore_pruned(module, checkpoints.last_model_path or out / "checkpoints" / "last.ckpt")
     summary = None
     if trainer.is_global_zero:
         save_model(module.model, out / "pruned_model.pt")
-        (out / "layer_report.txt").write_text(render_layer_report(pruning.report) + "\n")
+        example = torch.zeros(1, *input_shape)
+        rows = layer_report(module.model, example, baseline=layer_report(dense, example))
+        (out / "layer_report.txt").write_text(render_layer_report(rows) + "\n")
         summary = summarize(cfg, dense, module.model, input_shape, datamodule.batch_size, val_acc)
         save_json(summary, out / "summary.json")
         print(

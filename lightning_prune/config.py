@@ -115,8 +115,23 @@ def validate(cfg: DictConfig) -> None:
     validate_values(typed)
 
 
+def ddp_strategy_for(mode: object) -> str:
+    """The DDP strategy for a Hydra run mode: ``ddp`` normally, ``ddp_spawn`` inside a multirun.
+
+    Lightning's ``ddp`` re-launches the script for every rank with the command line's overrides; inside a
+    Hydra multirun the re-launched ranks get the wrong run directory and the whole sweep's arguments
+    (broken upstream), while spawned ranks stay in the job's process tree.
+
+    >>> ddp_strategy_for("RunMode.MULTIRUN"), ddp_strategy_for("RUN")
+    ('ddp_spawn', 'ddp')
+    """
+    return "ddp_spawn" if "MULTIRUN" in str(mode) else "ddp"
+
+
 def register_configs() -> None:
-    """Register the schemas so that ``conf/`` can name them in its defaults lists."""
+    """Register the schemas so that ``conf/`` can name them in its defaults lists, and the app's resolver."""
+    if not OmegaConf.has_resolver("lp_ddp_strategy"):
+        OmegaConf.register_new_resolver("lp_ddp_strategy", ddp_strategy_for)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(group="schedule", name="schedule_schema", node=ScheduleConfig)

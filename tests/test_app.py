@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune import PruningCallback, count_macs_params, load_model
 from lightning_prune.app import build_model, build_module, run_training
@@ -49,6 +49,12 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
     if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
         cfg = compose_train([f"{group}={option}"])
         assert cfg.trainer.accelerator == "gpu"  # composes; a GPU trainer cannot be built on this machine
+        return
+    if group == "trainer" and option == "ddp":
+        # its strategy depends on Hydra's run mode, which only a real run has (see the ddp tests below)
+        cfg = compose_train([f"{group}={option}"])
+        assert (cfg.trainer.accelerator, cfg.trainer.devices) == ("cpu", 2)
+        assert OmegaConf.to_container(cfg.trainer)["strategy"] == "${lp_ddp_strategy:${hydra:mode}}"
         return
     cfg = compose_train([f"{group}={option}", f"data.root={tmp_path}" if option == "pets" else "seed=0"])
     validate(cfg)
@@ -175,3 +181,36 @@ def test_the_script_runs_from_the_repository_root_without_changing_directory(tmp
     assert "final val accuracy" in result.stdout
     assert (run_dir / "pruned_model.pt").exists() and (run_dir / "summary.json").exists()
     assert not (ROOT / "lightning_logs").exists()
+
+
+@pytest.mark.slow
+def test_trainer_ddp_leaves_one_set_of_outputs_in_one_run_directory(tmp_path):
+    runs = tmp_path / "outputs"
+    result = _run_script([*QUICK, "trainer=ddp", "trainer.devices=2", "epochs=2", "ratio=0.3",
+                          f"hydra.run.dir={runs / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.parent.name for p in runs.rglob("pruned_model.pt")] == ["run"]
+    assert [p.parent.name for p in runs.rglob("summary.json")] == ["run"]
+    assert sorted(p.name for p in runs.iterdir()) == ["run"]
+    summary = json.loads((runs / "run" / "summary.json").read_text())
+    assert summary["config"]["trainer"]["strategy"] == "ddp" and summary["macs"]["ratio"] < 1.0
+
+
+@pytest.mark.slow
+def test_trainer_ddp_in_a_multirun_spawns_ranks_and_saves_the_pruned_model(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = _run_script(["-m", *QUICK, "trainer=ddp", "epochs=2", "ratio=0.3", f"hydra.sweep.dir={sweep}"],
+                         cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["config"]["trainer"]["strategy"] == "ddp_spawn"
+    model = load_model(sweep / "0" / "pruned_model.pt")
+    macs = count_macs_params(model, torch.zeros(1, 3, 16, 16))[0]
+    assert macs == summary["macs"]["pruned"] < summary["macs"]["dense"]
+
+
+def test_a_sharding_strategy_is_refused_before_anything_is_built(tmp_path):
+    cfg = compose_train([*QUICK, "+trainer.strategy=fsdp"])
+    with pytest.raises(ValueError, match="does not support the strategy 'fsdp'"):
+        run_training(cfg, tmp_path)
+    assert list(tmp_path.iterdir()) == []
