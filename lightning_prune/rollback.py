@@ -1,0 +1,144 @@
+"""Roll a failed prune back: snapshot the model, the dependency graph and the optimizers before a pruning
+step, verify the pruned model with one forward pass, and restore everything if it fails.
+
+torch-pruning has no undo. Its pruning functions never modify a tensor in place: they assign NEW
+``nn.Parameter``/buffer objects and new channel counts to the modules (and update index bookkeeping on
+the graph's operator nodes, e.g. split sizes). So a snapshot only needs to keep references to the old
+tensors plus copies of the plain attributes; no weight is copied.
+
+>>> import torch
+>>> from torch import nn
+>>> from lightning_prune.pruner import ChannelPruner
+>>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1))
+>>> pruner = ChannelPruner(net, torch.zeros(1, 3, 4, 4), ignored_layers=[net[1]])
+>>> snapshot = Snapshot.take(pruner)
+>>> _ = pruner.prune_to(0.5)
+>>> net[0].out_channels, len(pruner.history())
+(4, 1)
+>>> snapshot.restore()
+>>> net[0].out_channels, net[0].weight.shape[0], len(pruner.history())
+(8, 8, 0)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .pruner import ChannelPruner
+
+
+class PruningStepError(RuntimeError):
+    """A pruning step produced a model that does not run or changed the output shape; the model and the
+    optimizers were rolled back to their state before the step."""
+
+
+def _plain_copy(value: Any) -> Any:
+    """Copy bookkeeping values (channel counts, split sizes, shapes); keep tensors and modules by reference."""
+    if isinstance(value, torch.Tensor | nn.Module):
+        return value
+    if isinstance(value, list | tuple | dict | set):
+        try:
+            return copy.deepcopy(value)
+        except Exception:  # noqa: BLE001 - uncopyable bookkeeping stays shared
+            return value
+    return value
+
+
+@dataclass
+class _ModuleState:
+    parameters: dict[str, Any]
+    buffers: dict[str, Any]
+    attributes: dict[str, Any]
+
+    @classmethod
+    def take(cls, module: nn.Module) -> _ModuleState:
+        attributes = {
+            k: _plain_copy(v)
+            for k, v in vars(module).items()
+            if not k.startswith("_") or k in ("_qkv_same_embed_dim",)
+        }
+        return cls(dict(module._parameters), dict(module._buffers), attributes)
+
+    def restore(self, module: nn.Module) -> None:
+        module._parameters.clear()
+        module._parameters.update(self.parameters)
+        module._buffers.clear()
+        module._buffers.update(self.buffers)
+        for key in [k for k in vars(module) if not k.startswith("_") and k not in self.attributes]:
+            delattr(module, key)
+        for key, value in self.attributes.items():
+            object.__setattr__(module, key, _plain_copy(value))
+
+
+@dataclass
+class _OptimizerState:
+    groups: list[list[Any]]
+    state: dict[Any, dict[str, Any]]
+
+    @classmethod
+    def take(cls, optimizer: torch.optim.Optimizer) -> _OptimizerState:
+        # remap_optimizer builds new state dicts for new parameters and never mutates old tensors in place
+        return cls([list(g["params"]) for g in optimizer.param_groups], {p: dict(s) for p, s in optimizer.state.items()})
+
+    def restore(self, optimizer: torch.optim.Optimizer) -> None:
+        for group, params in zip(optimizer.param_groups, self.groups, strict=True):
+            group["params"] = list(params)
+        optimizer.state.clear()
+        optimizer.state.update({p: dict(s) for p, s in self.state.items()})
+
+
+@dataclass
+class Snapshot:
+    """Everything a pruning step changes: the modules (model and graph operator nodes), the graph's pruning
+    history, torch-pruning's attention head counts, and the optimizers' parameter lists and state."""
+
+    pruner: ChannelPruner
+    optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+    _modules: dict[nn.Module, _ModuleState] = field(default_factory=dict)
+    _optimizer_states: list[_OptimizerState] = field(default_factory=list)
+    _history: list[Any] = field(default_factory=list)
+    _num_heads: dict[nn.Module, int] = field(default_factory=dict)
+    _requires_grad: dict[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls, pruner: ChannelPruner, optimizers: list[torch.optim.Optimizer] | None = None) -> Snapshot:
+        """Record the state before a pruning step."""
+        snap = cls(pruner, list(optimizers or []))
+        modules = list(pruner.model.modules()) + [m for m in pruner.graph.module2node if isinstance(m, nn.Module)]
+        snap._modules = {m: _ModuleState.take(m) for m in modules}
+        snap._optimizer_states = [_OptimizerState.take(o) for o in snap.optimizers]
+        snap._history = list(pruner.graph.pruning_history())
+        snap._num_heads = dict(pruner._pruner.num_heads)
+        return snap
+
+    def restore(self) -> None:
+        """Put the model, graph and optimizers back as they were at :meth:`take`."""
+        for module, state in self._modules.items():
+            state.restore(module)
+        for optimizer, state in zip(self.optimizers, self._optimizer_states, strict=True):
+            state.restore(optimizer)
+        self.pruner.graph._pruning_history = list(self._history)  # torch-pruning has no setter
+        self.pruner._pruner.num_heads.clear()
+        self.pruner._pruner.num_heads.update(self._num_heads)
+
+
+def failing_record(pruner: ChannelPruner, history: list[list], check: Any) -> list | None:
+    """The first of ``history``'s records ``[layer, is_out, indices]`` after which ``check(model)`` raises,
+    replayed one by one on a copy of the (restored) pruner; None when none fails alone."""
+    from .budget import clone_pruner  # budget imports the pruner; keep this module import-light
+    from .pruner import replay_history
+
+    trial = clone_pruner(pruner)
+    for record in history:
+        try:
+            with torch.no_grad():
+                replay_history(trial.graph, [record])
+            check(trial.model)
+        except Exception:  # noqa: BLE001 - any failure names the record
+            return record
+    return None
