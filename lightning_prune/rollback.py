@@ -83,7 +83,8 @@ class _OptimizerState:
     @classmethod
     def take(cls, optimizer: torch.optim.Optimizer) -> _OptimizerState:
         # remap_optimizer builds new state dicts for new parameters and never mutates old tensors in place
-        return cls([list(g["params"]) for g in optimizer.param_groups], {p: dict(s) for p, s in optimizer.state.items()})
+        groups = [list(g["params"]) for g in optimizer.param_groups]
+        return cls(groups, {p: dict(s) for p, s in optimizer.state.items()})
 
     def restore(self, optimizer: torch.optim.Optimizer) -> None:
         for group, params in zip(optimizer.param_groups, self.groups, strict=True):
@@ -103,7 +104,6 @@ class Snapshot:
     _optimizer_states: list[_OptimizerState] = field(default_factory=list)
     _history: list[Any] = field(default_factory=list)
     _num_heads: dict[nn.Module, int] = field(default_factory=dict)
-    _requires_grad: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def take(cls, pruner: ChannelPruner, optimizers: list[torch.optim.Optimizer] | None = None) -> Snapshot:
@@ -142,3 +142,42 @@ def failing_record(pruner: ChannelPruner, history: list[list], check: Any) -> li
         except Exception:  # noqa: BLE001 - any failure names the record
             return record
     return None
+
+
+def forward_check(inputs: object, expected_shapes: list[tuple[int, ...]]) -> Any:
+    """A check for :func:`failing_record`: one eval-mode forward pass with ``inputs`` that must give outputs of
+    ``expected_shapes``."""
+    from .pruner import call_model, output_tensors, preserved_training_modes
+
+    def check(model: nn.Module) -> None:
+        with torch.no_grad(), preserved_training_modes(model):
+            model.eval()
+            shapes = [tuple(t.shape) for t in output_tensors(call_model(model, inputs))]
+        if shapes != expected_shapes:
+            raise RuntimeError(f"output shapes changed from {expected_shapes} to {shapes}")
+
+    return check
+
+
+def step_error(
+    pruner: ChannelPruner, history: list[list], err: Exception, where: str, check: Any
+) -> PruningStepError:
+    """The error for a failed pruning step ``where`` (e.g. ``"epoch 3 (to 40.0% of channels)"``), naming the
+    first group that fails on its own; call it after :meth:`Snapshot.restore`."""
+    try:
+        record = failing_record(pruner, history, check) if history else None
+    except Exception:  # noqa: BLE001 - the culprit search must not hide the original error
+        record = None
+    if record is not None:
+        name, is_out, idxs = record
+        shown = ", ".join(str(i) for i in idxs[:8]) + (", ..." if len(idxs) > 8 else "")
+        group = f"the group rooted at layer {name!r} ({'output' if is_out else 'input'} channels [{shown}])"
+    elif history:
+        group = f"the {len(history)} group(s) pruned together (none fails alone), the first rooted at {history[0][0]!r}"
+    else:
+        group = "the step before any group was applied"
+    return PruningStepError(
+        f"pruning step at {where} broke the model at {group}: {type(err).__name__}: {err}. The model and its "
+        "optimizers were rolled back to their state before this step. Add the layer to ignored_layers (or fix "
+        "the operation that hard-codes its channel count) and run again"
+    )

@@ -175,3 +175,24 @@ def describe(unsafe: Sequence[UnsafeOp]) -> str:
     'conv: channel shuffle'
     """
     return "; ".join(f"{op.module}: {op.reason}" for op in unsafe)
+
+
+def unsafe_layers_to_ignore(
+    model: nn.Module,
+    example_inputs: object,
+    on_unsafe: str,
+    prunable_types: Sequence[type] = PRUNABLE_TYPES,
+    already_kept: Sequence[str] = (),
+) -> list[UnsafeOp]:
+    """The unsafe layers of ``model`` not in ``already_kept``; with ``on_unsafe="raise"`` a ``ValueError``
+    naming them instead. The caller ignores the returned layers and warns."""
+    if on_unsafe not in ON_UNSAFE:
+        raise ValueError(f"on_unsafe={on_unsafe!r} is unknown; choose one of {list(ON_UNSAFE)}")
+    unsafe = [op for op in find_unsafe_ops(model, example_inputs, prunable_types) if op.module not in already_kept]
+    if unsafe and on_unsafe == "raise":
+        raise ValueError(
+            f"{type(model).__name__} has operations torch-pruning cannot follow: {describe(unsafe)}. Add these "
+            "layers to ignored_layers, rewrite the operations (e.g. flatten(1) instead of a fixed view), or "
+            "pass on_unsafe='ignore' to leave them unpruned"
+        )
+    return unsafe
