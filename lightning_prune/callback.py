@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from .attention import attention_heads
+from .attention import aim_head_pruning, attention_kwargs
 from .budget import (
     BUDGET_TARGETS,
     MAX_RATIO,
@@ -391,7 +391,7 @@ class PruningCallback(Callback):
             model.get_submodule(name): ratio for names, ratio in overrides.values() for name in names
         }
         pruner_kwargs = dict(self.pruner_kwargs)
-        pruner_kwargs.setdefault("num_heads", attention_heads(model))  # qkv Linear -> heads, kept consistent
+        pruner_kwargs = attention_kwargs(model, pruner_kwargs)  # attention heads pruned consistently
         if overrides:  # one torch-pruning scope per pattern
             pruner_kwargs["pruning_ratio_dict"] = {
                 **(pruner_kwargs.get("pruning_ratio_dict") or {}),
@@ -573,6 +573,7 @@ class PruningCallback(Callback):
         back to their state before the step and :class:`~lightning_prune.rollback.PruningStepError` names the
         step and the first group that breaks the model on its own."""
         assert self.pruner is not None
+        aim_head_pruning(self.pruner._pruner, fraction)  # whole attention heads, if asked, on the schedule
         snapshot = Snapshot.take(self.pruner, trainer.optimizers)
         pruned_ratio, done = self.pruned_ratio, len(self.pruner.history())
         try:

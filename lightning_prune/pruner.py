@@ -39,7 +39,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .attention import sync_attention
+from .attention import aim_head_pruning, sync_attention
 from .criteria import Importance, get_criterion
 from .graph_build import release_autograd
 from .surgery import ParameterChange, ParameterTracker
@@ -235,6 +235,7 @@ class ChannelPruner:
                 **pruner_kwargs,
             )
         self.graph = self._pruner.DG
+        aim_head_pruning(self._pruner, 0.0)  # whole heads go only when a caller aims it (PruningCallback)
         release_autograd(self.graph)  # the traced activations are not needed once the graph is built
         self.build_seconds = time.perf_counter() - started
         self._roots = self._group_roots()

@@ -1,10 +1,11 @@
 """Roll a failed prune back: snapshot the model, the dependency graph and the optimizers before a pruning
 step, verify the pruned model with one forward pass, and restore everything if it fails.
 
-torch-pruning has no undo. Its pruning functions never modify a tensor in place: they assign NEW
-``nn.Parameter``/buffer objects and new channel counts to the modules (and update index bookkeeping on
-the graph's operator nodes, e.g. split sizes). So a snapshot only needs to keep references to the old
-tensors plus copies of the plain attributes; no weight is copied.
+torch-pruning has no undo. Its pruning functions assign NEW ``nn.Parameter``/buffer objects and new channel
+counts to the modules (and update index bookkeeping on the graph's operator nodes, e.g. split sizes);
+:class:`~lightning_prune.surgery.ParameterTracker` rebinds the OLD parameters' ``.data`` and ``.grad``. None
+of them writes into an existing tensor, so a snapshot keeps references to the old parameters, their data
+and gradient tensors and buffers, plus copies of the plain attributes; no weight is copied.
 
 >>> import torch
 >>> from torch import nn
@@ -54,6 +55,7 @@ class _ModuleState:
     parameters: dict[str, Any]
     buffers: dict[str, Any]
     attributes: dict[str, Any]
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor | None]]  # name -> the parameter's data, grad
 
     @classmethod
     def take(cls, module: nn.Module) -> _ModuleState:
@@ -62,11 +64,15 @@ class _ModuleState:
             for k, v in vars(module).items()
             if not k.startswith("_") or k in ("_qkv_same_embed_dim",)
         }
-        return cls(dict(module._parameters), dict(module._buffers), attributes)
+        tensors = {k: (p.data, p.grad) for k, p in module._parameters.items() if p is not None}
+        return cls(dict(module._parameters), dict(module._buffers), attributes, tensors)
 
     def restore(self, module: nn.Module) -> None:
         module._parameters.clear()
         module._parameters.update(self.parameters)
+        for key, (data, grad) in self.tensors.items():
+            param = self.parameters[key]
+            param.data, param.grad = data, grad
         module._buffers.clear()
         module._buffers.update(self.buffers)
         for key in [k for k in vars(module) if not k.startswith("_") and k not in self.attributes]:
