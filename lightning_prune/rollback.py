@@ -38,15 +38,24 @@ class PruningStepError(RuntimeError):
     optimizers were rolled back to their state before the step."""
 
 
+_PLAIN = (int, float, bool, str, bytes, type(None), torch.Size, torch.dtype, torch.device)
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, list | tuple | set | frozenset):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_is_plain(k) and _is_plain(v) for k, v in value.items())
+    return False
+
+
 def _plain_copy(value: Any) -> Any:
-    """Copy bookkeeping values (channel counts, split sizes, shapes); keep tensors and modules by reference."""
-    if isinstance(value, torch.Tensor | nn.Module):
-        return value
-    if isinstance(value, list | tuple | dict | set):
-        try:
-            return copy.deepcopy(value)
-        except Exception:  # noqa: BLE001 - uncopyable bookkeeping stays shared
-            return value
+    """Copy bookkeeping values (channel counts, split sizes, shapes) that pruning may change in place; keep
+    anything else (tensors, modules, user objects) by reference."""
+    if isinstance(value, list | set | dict) and _is_plain(value):
+        return copy.deepcopy(value)
     return value
 
 
