@@ -7,6 +7,8 @@ patterns break it, silently or hours into a run:
   ``torch.channel_shuffle``) interleaves channels; torch-pruning removes the wrong ones or divides by zero;
 - *a view/reshape with a fixed channel size* (``x.view(-1, 512)`` after a conv) cannot follow a pruned
   layer; the forward pass fails after the first prune;
+- *fixed channel indices* (``x[:, 4:12]`` or ``x.narrow(1, 4, 8)`` on a conv output) keep selecting the
+  same positions after pruning; torch-pruning does not adapt them and the next layer gets the wrong count;
 - *chunk/split feeding a concatenation* (``torch.cat(x.chunk(2, 1)[::-1], 1)``) confuses its index
   mapping; pruning raises or removes the wrong channels.
 
@@ -107,6 +109,9 @@ class _ChannelFlow(TorchFunctionMode):
             dims = [d % 5 for d in (args[1:] if name != "permute" else _sizes(args, kwargs)) if isinstance(d, int)]
             if (name == "permute" and dims[1:3] == [2, 1]) or (name != "permute" and sorted(dims) == [1, 2]):
                 self._flag(names, "channel shuffle (a grouped view transposed) interleaves its channels")
+        elif name in ("__getitem__", "narrow") and first is not None and first.dim() == 4:
+            if _selects_channels(name, args):
+                self._flag(names, "indexing/slicing fixed channel positions")
         elif name in _SPLITS:
             self.pieces.update(id(t) for t in outputs)
         elif name in ("cat", "concat", "concatenate") and any(id(t) in self.pieces for t in inputs):
@@ -126,6 +131,16 @@ class _ChannelFlow(TorchFunctionMode):
         if x.dim() >= 3 and y.dim() == 2 and y.shape[0] == x.shape[0] and y.shape[1] == math.prod(x.shape[1:]):
             if len(sizes) == 2 and isinstance(sizes[1], int) and sizes[1] != -1:
                 self._flag(names, f"view/reshape to a fixed size of {sizes[1]} over its channels")
+
+
+def _selects_channels(name: str, args: Sequence[Any]) -> bool:
+    """Whether ``x[...]``/``x.narrow(...)`` on a channel-first 4-D tensor picks some of its channels."""
+    if name == "narrow":
+        return len(args) > 1 and args[1] in (1, -3)
+    index = args[1] if len(args) > 1 else None
+    if not isinstance(index, tuple) or len(index) < 2 or index[0] is Ellipsis:
+        return False
+    return not (isinstance(index[1], slice) and index[1] == slice(None))
 
 
 def find_unsafe_ops(

@@ -252,6 +252,19 @@ class FixedViewNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(self.features(x).view(-1, 16 * 4 * 4))))
 
 
+class SliceNet(nn.Module):
+    """Takes fixed channel positions of a conv output: ``x[:, 4:12]``."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(self.stem(x)[:, 4:12])).mean((2, 3)))
+
+
 class HiddenFixedViewNet(nn.Module):
     """A reshape to a fixed channel count that the static check does not catch (3-D output): only the
     forward pass after a prune reveals it."""

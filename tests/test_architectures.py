@@ -187,6 +187,7 @@ UNSAFE = {
         archs.ShuffleNet, {"stem.0": "chunk/split feeding torch.cat", "branch.2": "channel shuffle"},
     ),
     "view with a fixed size (LeNet flatten)": (archs.FixedViewNet, {"features.2.0": "fixed size of 256"}),
+    "fixed channel slice": (archs.SliceNet, {"stem.0": "fixed channel positions"}),
 }  # fmt: skip
 
 
