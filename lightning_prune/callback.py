@@ -47,7 +47,7 @@ from .pruner import (
     output_tensors,
     preserved_training_modes,
 )
-from .report import LayerRow, count_macs_params, layer_report, render_layer_report
+from .report import LayerRow, layer_report, prune_metrics, render_layer_report
 from .schedules import SCHEDULES, Schedule, get_schedule, scheduled_ratio
 from .surgery import remap_optimizer
 
@@ -468,15 +468,7 @@ class PruningCallback(Callback):
             target = self.pruned_ratio  # the search starts where the last prune ended
         step = self.prune(trainer, pl_module, target, budget=budget, fraction=fraction)
         self.pruned_fraction = fraction
-        macs, params = count_macs_params(pl_module, self._inputs)
-        dense = self.baseline[-1]
-        metrics = {
-            "prune/ratio": step.achieved,
-            "prune/params": float(params),
-            "prune/macs": float(macs),
-            "prune/params_ratio": params / dense.params,
-            "prune/macs_ratio": macs / dense.macs,
-        }
+        metrics = prune_metrics(pl_module, self._inputs, self.baseline[-1], step.achieved)
         extra: dict[str, Any] = {}
         if budget is not None and self.last_search is not None:
             metrics["prune/budget_target"] = budget
@@ -489,7 +481,7 @@ class PruningCallback(Callback):
         scheduled = f"scheduled {target:.1%}" if budget is None else f"{self.target} budget {budget:.1%}"
         rank_zero_info(
             f"PruningCallback: epoch {epoch}: removed {step.achieved:.1%} of channels ({scheduled}); "
-            f"params {params / dense.params:.1%}, MACs {macs / dense.macs:.1%} of dense"
+            f"params {metrics['prune/params_ratio']:.1%}, MACs {metrics['prune/macs_ratio']:.1%} of dense"
         )
         if self.last_search is not None and budget is not None and not self.last_search.met:
             rank_zero_warn(
