@@ -57,6 +57,7 @@ import copy
 import fnmatch
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -158,7 +159,14 @@ def clone_pruner(pruner: ChannelPruner) -> ChannelPruner:
     shared: list[object] = [graph.ops, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
     shared += [node.grad_fn for node in graph.module2node.values() if getattr(node, "grad_fn", None) is not None]
     memo: dict[int, object] = {id(obj): obj for obj in shared}
-    clone = copy.deepcopy(pruner, memo)
+    # deepcopy follows the graph's linked nodes recursively, a few dozen frames per layer: a ResNet-50 goes
+    # past Python's default limit of 1000
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 1000 + 50 * len(graph.module2node)))
+    try:
+        clone = copy.deepcopy(pruner, memo)
+    finally:
+        sys.setrecursionlimit(limit)
     for old, new in zip(pruner.model.parameters(), clone.model.parameters()):
         if old.grad is not None:
             new.grad = old.grad.detach().clone()
@@ -436,3 +444,85 @@ def prune_to_budget(
     found.trials = trials
     found.seconds = time.perf_counter() - began
     return merge_prune_steps(steps), found
+
+
+class BudgetTracker:
+    """One fit's budget: the dense model's measure, the reachability check, and each pruning epoch's search.
+
+    The callback owns one per fit and stays free of the bookkeeping. ``measure(model)`` is ``target``'s
+    measure as a fraction of the dense model's. Latency differs between processes, so under DDP
+    (``strategy`` given) every rank uses rank zero's readings and all ranks take the same search path;
+    while rank zero alone searches (:meth:`prune`) no collective runs. MACs and parameters agree already.
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1))
+    >>> pruner = ChannelPruner(net, torch.zeros(1, 3, 4, 4), ignored_layers=[net[1]])
+    >>> tracker = BudgetTracker("params", 0.6, torch.zeros(1, 3, 4, 4))
+    >>> tracker.resolve(pruner, net, n_kept=1)
+    >>> step = tracker.prune(pruner, 0.6, start=0.0)
+    >>> tracker.last_search.met, round(tracker.measure(net), 3)
+    (True, 0.52)
+    """
+
+    def __init__(self, target: str, budget: float, example_inputs: object, strategy: object = None) -> None:
+        self.target = target
+        self.budget = budget
+        self.metric = make_metric(target, example_inputs)
+        self.strategy = strategy
+        self.dense_value = 0.0
+        self.smallest_reachable: float | None = None  # as a fraction of dense
+        self.plan: BudgetSearch | None = None  # the search for the final budget, before training
+        self.last_search: BudgetSearch | None = None  # the search of the latest pruning epoch
+        self._sharing = True
+
+    def _shared(self, value: float) -> float:
+        if self.target != "latency" or self.strategy is None or not self._sharing:
+            return value
+        return float(self.strategy.broadcast(value, src=0))
+
+    def measure(self, model: nn.Module) -> float:
+        """``model``'s measure as a fraction of the dense model's."""
+        return self._shared(float(self.metric(model))) / self.dense_value
+
+    def resolve(
+        self,
+        pruner: ChannelPruner,
+        model: nn.Module,
+        overrides: Mapping[nn.Module, float] | None = None,
+        n_kept: int = 0,
+        hint: str = "",
+    ) -> None:
+        """Measure the dense ``model``, reject an unreachable budget naming the smallest reachable value, and
+        search the final budget's channel ratio on the current weights (an estimate, logged; the search is
+        repeated at every pruning epoch). Criteria that need gradients are stood in by magnitudes here."""
+        self.dense_value = self._shared(float(self.metric(model)))
+        if self.dense_value <= 0:
+            raise ValueError(f"the dense model has {self.target}={self.dense_value}; a budget needs a positive one")
+        with pruner.magnitude_stand_in():  # before training, gradient criteria have nothing to read
+            self.smallest_reachable = trial_value(pruner, self.measure, MAX_RATIO, overrides)
+            if self.budget < self.smallest_reachable:
+                raise ValueError(
+                    f"budget={self.budget} for target={self.target!r} cannot be reached: the smallest reachable "
+                    f"{self.target} ratio is {self.smallest_reachable:.6f}, with every prunable layer cut to "
+                    f"max_layer_ratio={pruner.max_layer_ratio}{hint} and {n_kept} ignored or output layer(s) "
+                    f"kept whole. Use budget >= {self.smallest_reachable:.6f}, a larger max_layer_ratio or "
+                    "fewer ignored_layers"
+                )
+            self.plan = search_channel_ratio(pruner, self.measure, self.budget, 0.0, overrides)
+
+    def prune(
+        self,
+        pruner: ChannelPruner,
+        budget: float,
+        start: float,
+        overrides: Mapping[nn.Module, float] | None = None,
+    ) -> PruneStep:
+        """Prune to ``budget`` from channel ratio ``start`` (:func:`prune_to_budget`); on rank zero only under
+        DDP. The search is kept in ``last_search``."""
+        if self.dense_value <= 0:
+            raise RuntimeError("a budget prune needs the budget resolved first (BudgetTracker.resolve)")
+        self._sharing = False  # only rank 0 measures now: no collective inside the search
+        try:
+            step, self.last_search = prune_to_budget(pruner, self.measure, budget, start, overrides)
+        finally:
+            self._sharing = True
+        return step

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -21,17 +21,14 @@ from torch import nn
 from .attention import aim_head_pruning, attention_kwargs
 from .budget import (
     BUDGET_TARGETS,
-    MAX_RATIO,
     TARGETS,
     BudgetSearch,
+    BudgetTracker,
     intermediate_budget,
     make_metric,
-    prune_to_budget,
     resolve_ratio_overrides,
-    search_channel_ratio,
-    trial_value,
 )
-from .checkpoint import RECORD_KEY, check_same_architecture, first_shape_mismatch, make_record, pruning_record
+from .checkpoint import RECORD_KEY, RestructureOnLoad, make_record
 from .criteria import CRITERIA, Importance, SeededRandomImportance, needs_gradients
 from .distributed import (
     SPAWN_WARNING,
@@ -52,7 +49,7 @@ from .pruner import (
     output_tensors,
     preserved_training_modes,
 )
-from .report import LayerRow, count_macs_params, layer_report, render_layer_report
+from .report import LayerRow, layer_report, prune_metrics, render_layer_report
 from .rollback import Snapshot, forward_check, step_error
 from .safety import ON_UNSAFE, describe, unsafe_layers_to_ignore
 from .schedules import SCHEDULES, Schedule, get_schedule, scheduled_ratio
@@ -89,19 +86,6 @@ def _to_device(inputs: Any, device: torch.device) -> Any:
 
 def _shapes(output: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in output_tensors(output)]
-
-
-class _SharedHook:
-    """A hook that copies of the module share instead of deep-copying (it refers to the trainer)."""
-
-    def __init__(self, fn: Callable[..., None]) -> None:
-        self.fn = fn
-
-    def __call__(self, *args: Any) -> None:
-        self.fn(*args)
-
-    def __deepcopy__(self, memo: dict) -> _SharedHook:
-        return self
 
 
 def _untraceable(pl_module: pl.LightningModule, inputs: Any, err: Exception) -> ValueError:
@@ -300,22 +284,31 @@ class PruningCallback(Callback):
         self._inputs: Any = None
         self._output_shapes: list[tuple[int, ...]] = []
         self._grad_sums: dict[torch.nn.Parameter, torch.Tensor] = {}
-        self._trainer: pl.Trainer | None = None
         self._load_hook: Any = None
         self._random_state: torch.Tensor | None = None  # restored before the pruner exists
         self._override_layers: dict[nn.Module, float] = {}  # layer -> its final ratio (ratio_overrides)
-        self._metric: Any = None  # absolute measure of the budget target
-        self._dense_value = 0.0
-        self._strategy: Any = None  # to share latency readings between processes
-        self._sharing = True  # False while rank 0 alone searches a budget
+        self._budget: BudgetTracker | None = None  # with a budget target
         self._n_kept = 0  # ignored and output layers
-        self.smallest_reachable: float | None = None  # of the budget target, as a fraction of dense
-        self.budget_plan: BudgetSearch | None = None  # the search for the final budget, before training
-        self.last_search: BudgetSearch | None = None  # the search of the latest pruning epoch
         # checkpointed state
         self.pruned_ratio = 0.0  # channel ratio reached so far
         self.pruned_fraction = 0.0  # schedule value reached so far
         self.events: list[dict[str, Any]] = []
+
+    # -- budget (see lightning_prune.budget.BudgetTracker) --------------------------------------------
+    @property
+    def smallest_reachable(self) -> float | None:
+        """The smallest reachable value of the budget target, as a fraction of dense (set at set-up)."""
+        return None if self._budget is None else self._budget.smallest_reachable
+
+    @property
+    def budget_plan(self) -> BudgetSearch | None:
+        """The search for the final budget on the weights before training (an estimate)."""
+        return None if self._budget is None else self._budget.plan
+
+    @property
+    def last_search(self) -> BudgetSearch | None:
+        """The budget search of the latest pruning epoch."""
+        return None if self._budget is None else self._budget.last_search
 
     # -- set-up ---------------------------------------------------------------------------------------
     @property
@@ -368,7 +361,6 @@ class PruningCallback(Callback):
         if spawns_ranks(trainer):
             rank_zero_warn(SPAWN_WARNING.format(start_method=getattr(trainer.strategy, "_start_method", "spawn")))
         self._end_epoch = self._resolve_end_epoch(trainer)
-        self._strategy = trainer.strategy
         model = pl_module
         inputs = _to_device(self._resolve_inputs(trainer, pl_module), pl_module.device)
         matched = match_layer_patterns(model, self.ignored_layers)
@@ -419,55 +411,30 @@ class PruningCallback(Callback):
             )
         self._inputs = inputs
         self.baseline = layer_report(model, inputs)
-        self._trainer = trainer
         self._restore_random_state()
-        self._load_hook = pl_module.register_load_state_dict_pre_hook(_SharedHook(self._restructure_before_load))
+        self._load_hook = pl_module.register_load_state_dict_pre_hook(RestructureOnLoad(lambda: self.pruner, trainer))
         goal = f"{self.ratio:.0%} of channels" if self.budget is None else f"{self.budget:.0%} of dense {self.target}"
         rank_zero_info(
             f"PruningCallback: {self.pruner.prunable_channels} prunable channels; output layers kept: "
             f"{output_layers}; pruning to {goal} over epochs {self.start_epoch}..{self._end_epoch}"
         )
         self._n_kept = len(ignored)
-        if self.target in ("macs", "params"):  # device-independent: resolve now; latency at fit start
-            self._resolve_budget(pl_module)
+        if self.budget is not None:
+            self._budget = BudgetTracker(self.target, self.budget, inputs, strategy=trainer.strategy)
+            if self.target in ("macs", "params"):  # device-independent: resolve now; latency at fit start
+                self._resolve_budget(pl_module)
 
     def _resolve_budget(self, pl_module: pl.LightningModule) -> None:
-        """Measure the dense model, reject an unreachable budget, and search the final budget's channel ratio
-        on the current weights (an estimate: the search is repeated at every pruning epoch)."""
-        assert self.pruner is not None and self.budget is not None
-        self._metric = make_metric(self.target, self._inputs)
-        self._dense_value = self._shared(float(self._metric(pl_module)))
-        if self._dense_value <= 0:
-            raise ValueError(f"the dense model has {self.target}={self._dense_value}; a budget needs a positive one")
-        overrides = self._overrides_at(1.0)
-        self.smallest_reachable = trial_value(self.pruner, self._measure, MAX_RATIO, overrides)
-        if self.budget < self.smallest_reachable:
-            extra = f" and ratio_overrides={self.ratio_overrides}" if self.ratio_overrides else ""
-            raise ValueError(
-                f"budget={self.budget} for target={self.target!r} cannot be reached: the smallest reachable "
-                f"{self.target} ratio is {self.smallest_reachable:.6f}, with every prunable layer cut to "
-                f"max_layer_ratio={self.max_layer_ratio}{extra} and {self._n_kept} ignored or output layer(s) kept "
-                f"whole. Use budget >= {self.smallest_reachable:.6f}, a larger max_layer_ratio or fewer "
-                "ignored_layers"
-            )
-        self.budget_plan = search_channel_ratio(self.pruner, self._measure, self.budget, 0.0, overrides)
+        assert self.pruner is not None and self._budget is not None
+        hint = f" and ratio_overrides={self.ratio_overrides}" if self.ratio_overrides else ""
+        self._budget.resolve(self.pruner, pl_module, self._overrides_at(1.0), n_kept=self._n_kept, hint=hint)
+        plan = self._budget.plan
+        assert plan is not None
         rank_zero_info(
-            f"PruningCallback: {self.target} budget {self.budget:.1%} of dense ({self._dense_value:.6g}); "
+            f"PruningCallback: {self.target} budget {self.budget:.1%} of dense ({self._budget.dense_value:.6g}); "
             f"smallest reachable {self.smallest_reachable:.1%}; at the current weights it takes removing "
-            f"{self.budget_plan.ratio:.1%} of channels (search: {self.budget_plan.trials} trials, "
-            f"{self.budget_plan.seconds:.2f}s)"
+            f"{plan.ratio:.1%} of channels (search: {plan.trials} trials, {plan.seconds:.2f}s)"
         )
-
-    def _measure(self, model: nn.Module) -> float:
-        """The budget target's measure of ``model`` as a fraction of the dense model's."""
-        return self._shared(self._metric(model)) / self._dense_value
-
-    def _shared(self, value: float) -> float:
-        """Latency differs between processes: every rank uses rank zero's readings, so that all ranks take
-        the same search path and prune the same channels. MACs and parameters agree already."""
-        if self.target != "latency" or self._strategy is None or not self._sharing:
-            return value
-        return float(self._strategy.broadcast(value, src=0))
 
     def _overrides_at(self, fraction: float) -> dict[nn.Module, float]:
         """Per-layer ratios of ``ratio_overrides`` at schedule value ``fraction``."""
@@ -481,7 +448,8 @@ class PruningCallback(Callback):
         # the checkpoint (if any) is restored and the strategy has moved the model to its device by now
         self._remove_load_hook()
         self._inputs = _to_device(self._inputs, pl_module.device)
-        if self.pruner is not None and self.target == "latency":  # measured on the training device
+        if self.pruner is not None and self._budget is not None and self.target == "latency":
+            self._budget.metric = make_metric("latency", self._inputs)  # measured on the training device
             self._resolve_budget(pl_module)
 
     def _remove_load_hook(self) -> None:
@@ -492,7 +460,8 @@ class PruningCallback(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._grad_sums = {}
         self._remove_load_hook()
-        self._strategy = None
+        if self._budget is not None:
+            self._budget.strategy = None
         if stage == "fit" and self.pruned_ratio > 0 and spawns_ranks(trainer):
             keep_main_process_model(pl_module)  # Lightning's copy back would fail on the pruned shapes
 
@@ -531,15 +500,7 @@ class PruningCallback(Callback):
             target = self.pruned_ratio  # the search starts where the last prune ended
         step = self.prune(trainer, pl_module, target, budget=budget, fraction=fraction)
         self.pruned_fraction = fraction
-        macs, params = count_macs_params(pl_module, self._inputs)
-        dense = self.baseline[-1]
-        metrics = {
-            "prune/ratio": step.achieved,
-            "prune/params": float(params),
-            "prune/macs": float(macs),
-            "prune/params_ratio": params / dense.params,
-            "prune/macs_ratio": macs / dense.macs,
-        }
+        metrics = prune_metrics(pl_module, self._inputs, self.baseline[-1], step.achieved)
         extra: dict[str, Any] = {}
         if budget is not None and self.last_search is not None:
             metrics["prune/budget_target"] = budget
@@ -552,7 +513,7 @@ class PruningCallback(Callback):
         scheduled = f"scheduled {target:.1%}" if budget is None else f"{self.target} budget {budget:.1%}"
         rank_zero_info(
             f"PruningCallback: epoch {epoch}: removed {step.achieved:.1%} of channels ({scheduled}); "
-            f"params {params / dense.params:.1%}, MACs {macs / dense.macs:.1%} of dense"
+            f"params {metrics['prune/params_ratio']:.1%}, MACs {metrics['prune/macs_ratio']:.1%} of dense"
         )
         if self.last_search is not None and budget is not None and not self.last_search.met:
             rank_zero_warn(
@@ -607,26 +568,24 @@ class PruningCallback(Callback):
         wrapper is rebuilt over the new parameters.
         """
         assert self.pruner is not None
-        pruner = self.pruner
+        pruner, tracker = self.pruner, self._budget
         overrides = self._overrides_at(fraction)
-        if budget is not None and self._metric is None:
-            raise RuntimeError("a budget prune needs the budget resolved first (PruningCallback.setup)")
+        if budget is not None and tracker is None:
+            raise RuntimeError("a budget prune needs a budget target (PruningCallback(target=..., budget=...))")
 
         def decide() -> tuple[PruneStep, Any]:  # runs on rank 0 only
             if budget is None:
                 return pruner.prune_to(target, overrides), None
-            self._sharing = False  # only rank 0 measures now: no collective inside the search
-            try:
-                return prune_to_budget(pruner, self._measure, budget, target, overrides)
-            finally:
-                self._sharing = True
+            return tracker.prune(pruner, budget, target, overrides), tracker.last_search
 
         gradient_based = needs_gradients(pruner.importance) and trainer.is_global_zero
         if gradient_based:
             for param in pl_module.parameters():
                 param.grad = self._grad_sums.get(param, torch.zeros_like(param))
         try:
-            step, self.last_search = prune_in_sync(pruner, decide, trainer.strategy)
+            step, search = prune_in_sync(pruner, decide, trainer.strategy)
+            if tracker is not None:
+                tracker.last_search = search
         finally:
             self._grad_sums = {}
             if gradient_based:
@@ -668,28 +627,6 @@ class PruningCallback(Callback):
     ) -> None:
         if self.pruner is not None:
             checkpoint[RECORD_KEY] = make_record(self.pruner.history(), self._inputs)
-
-    def _restructure_before_load(self, module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-        """Load-state-dict pre-hook: bring a fresh module to the checkpoint's pruned shapes before the weights
-        load, for any LightningModule. Lightning loads the model's weights before any callback state, and
-        hands no public hook to callbacks in between, so the record is read from the checkpoint that
-        Lightning has just loaded (``_checkpoint_connector._loaded_checkpoint``)."""
-        if prefix or self.pruner is None or self._trainer is None:
-            return
-        checkpoint = getattr(self._trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
-        record = pruning_record(checkpoint)
-        if record is None or record["history"] == self.pruner.history():
-            return
-        check_same_architecture(module, state_dict)
-        if first_shape_mismatch(module, state_dict) is None:
-            self.pruner.adopt_history(record["history"])  # the module re-structured itself (on_load_checkpoint)
-            return
-        if self.pruner.history():
-            raise ValueError("the model was already pruned in this fit; resume with a fresh, unpruned module")
-        self.pruner.replay(record["history"])
-        mismatch = first_shape_mismatch(module, state_dict)
-        if mismatch is not None:
-            raise ValueError(f"the pruning record does not reproduce the checkpoint's shapes; first layer: {mismatch}")
 
     def _restore_random_state(self) -> None:
         importance = self.pruner.importance if self.pruner is not None else None

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from .pruner import plain_history, preserved_training_modes, replay_history, traceable
+from .pruner import ChannelPruner, plain_history, preserved_training_modes, replay_history, traceable
 
 RECORD_KEY = "lightning_prune"
 RECORD_VERSION = 1
@@ -211,3 +211,44 @@ class PrunedCheckpointMixin:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         restructure(self, checkpoint)  # type: ignore[arg-type]
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+
+
+class RestructureOnLoad:
+    """A ``load_state_dict`` pre-hook that brings a fresh module to a checkpoint's pruned shapes before its
+    weights load, for any LightningModule, during ``trainer.fit(module, ckpt_path=...)``.
+
+    Lightning loads the model's weights before any callback state and hands callbacks no public hook in
+    between, so the record is read from the checkpoint that Lightning has just loaded
+    (``trainer._checkpoint_connector._loaded_checkpoint``); ``get_pruner`` returns the fit's pruner, whose
+    dependency graph replays the record. Copies of the module share the hook instead of deep-copying it
+    (it refers to the trainer).
+
+    >>> hook = RestructureOnLoad(lambda: None, trainer=None)
+    >>> hook(torch.nn.Linear(2, 2), {}, "")  # no pruner or trainer yet: nothing to do
+    """
+
+    def __init__(self, get_pruner: Callable[[], ChannelPruner | None], trainer: Any) -> None:
+        self.get_pruner = get_pruner
+        self.trainer = trainer
+
+    def __deepcopy__(self, memo: dict) -> RestructureOnLoad:
+        return self
+
+    def __call__(self, module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        pruner = self.get_pruner()
+        if prefix or pruner is None or self.trainer is None:
+            return
+        checkpoint = getattr(self.trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
+        record = pruning_record(checkpoint)
+        if record is None or record["history"] == pruner.history():
+            return
+        check_same_architecture(module, state_dict)
+        if first_shape_mismatch(module, state_dict) is None:
+            pruner.adopt_history(record["history"])  # the module re-structured itself (on_load_checkpoint)
+            return
+        if pruner.history():
+            raise ValueError("the model was already pruned in this fit; resume with a fresh, unpruned module")
+        pruner.replay(record["history"])
+        mismatch = first_shape_mismatch(module, state_dict)
+        if mismatch is not None:
+            raise ValueError(f"the pruning record does not reproduce the checkpoint's shapes; first layer: {mismatch}")

@@ -40,7 +40,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .attention import aim_head_pruning, sync_attention
-from .criteria import Importance, get_criterion
+from .criteria import Importance, get_criterion, needs_gradients
 from .graph_build import release_autograd
 from .surgery import ParameterChange, ParameterTracker
 
@@ -249,13 +249,25 @@ class ChannelPruner:
         would make later ratios relative to the already pruned widths. A zero-ratio step records them
         and prunes nothing; magnitude scores stand in for criteria that need gradients.
         """
-        importance = self._pruner.importance
-        self._pruner.importance = tp.importance.GroupMagnitudeImportance(p=1)
-        try:
+        with self.magnitude_stand_in(always=True):
             # layers with their own ratio (pruning_ratio_dict) are held at zero too; prune_to re-aims them
             self.prune_to(0.0, {module: 0.0 for module in self._pruner.pruning_ratio_dict})
+
+    @contextmanager
+    def magnitude_stand_in(self, always: bool = False):
+        """Score channels by L1 magnitude inside the block when the criterion needs gradients that no
+        parameter has yet (``taylor`` before the first backward pass), or ``always``.
+
+        For estimates made before training, such as a budget's reachability, where only widths matter.
+        """
+        importance = self._pruner.importance
+        missing = needs_gradients(importance) and all(p.grad is None for p in self.model.parameters())
+        if always or missing:
+            self._pruner.importance = self.importance = tp.importance.GroupMagnitudeImportance(p=1)
+        try:
+            yield
         finally:
-            self._pruner.importance = importance
+            self._pruner.importance = self.importance = importance
 
     # -- channel accounting -------------------------------------------------------------------------
     def _group_roots(self) -> list[tuple[nn.Module, bool]]:

@@ -54,6 +54,25 @@ def count_macs_params(model: nn.Module, example_inputs: object) -> tuple[int, in
     return int(macs), int(params)
 
 
+def prune_metrics(model: nn.Module, example_inputs: object, dense: LayerRow, channel_ratio: float) -> dict[str, float]:
+    """The metrics a pruning epoch logs: ``prune/ratio`` (channels removed, as achieved), ``prune/params``,
+    ``prune/macs``, and both as ratios of the dense model's (``dense``: the TOTAL row of its layer report).
+
+    >>> net = nn.Sequential(nn.Linear(4, 2))
+    >>> dense = layer_report(net, torch.zeros(1, 4))[-1]
+    >>> prune_metrics(net, torch.zeros(1, 4), dense, 0.0)["prune/macs_ratio"]
+    1.0
+    """
+    macs, params = count_macs_params(model, example_inputs)
+    return {
+        "prune/ratio": float(channel_ratio),
+        "prune/params": float(params),
+        "prune/macs": float(macs),
+        "prune/params_ratio": params / dense.params,
+        "prune/macs_ratio": macs / dense.macs,
+    }
+
+
 def output_channels(module: nn.Module) -> int | None:
     """Output channels/features of a layer, or None for layers without them.
 

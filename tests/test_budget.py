@@ -442,3 +442,25 @@ def test_merge_prune_steps_composes_the_kept_indices():
     assert change.old is a and change.new is c
     assert change.select(a.detach()).tolist() == [2.0, 5.0]
     assert (merged.target, merged.groups, merged.history) == (0.2, 3, [["x", True, [1]], ["x", True, [0]]])
+
+
+def test_a_budget_works_with_the_gradient_based_taylor_criterion():
+    # the reachability check and the plan run at set-up, before any gradient exists; the pruning epochs
+    # rank with the summed gradients of the epoch
+    module = classifier()
+    granule, _ = one_channel_granule(module)
+    callback = PruningCallback(target="macs", budget=0.5, criterion="taylor", schedule="linear", verbose=False)
+    _, recorder = fit(module, callback, epochs=2)
+    assert 0.5 - granule <= recorder.ratios[-1][0] <= 0.5
+    assert callback.budget_plan is not None and callback.budget_plan.met
+
+
+def test_clone_pruner_copies_a_deep_network():
+    # a chain of hundreds of layers: the dependency graph's linked nodes are deeper than Python's default
+    # recursion limit allows copy.deepcopy to follow
+    net = nn.Sequential(*[nn.Conv2d(4, 4, 1) for _ in range(400)], nn.Flatten(), nn.Linear(4, 2))
+    pruner = ChannelPruner(net, torch.zeros(1, 4, 1, 1), ignored_layers=[net[-1]])
+    trial = clone_pruner(pruner)
+    trial.prune_to(0.5)
+    width = lambda model: sum(m.out_channels for m in model if isinstance(m, nn.Conv2d))  # noqa: E731
+    assert width(trial.model) == 800 and width(net) == 1600
