@@ -304,3 +304,21 @@ def test_slow_graph_build_warns() -> None:
     callback = PruningCallback(ratio=0.5, graph_build_warn_s=1e-9, verbose=False)
     with pytest.warns(UserWarning, match=r"building the dependency graph took .*graph_build_warn_s=1e-09"):
         quiet_trainer(max_epochs=1, callbacks=[callback]).fit(Lit(archs.PlainNet()), learnable_loader())
+
+
+def test_unwrapped_parameters_are_passed_through() -> None:
+    net = archs.ConvNeXtNet()
+    module = Lit(net)
+    gammas = [(block.gamma, 0) for block in net.blocks]  # layer scale: prune along its only dimension
+    callback = PruningCallback(
+        ratio=0.5, schedule="iterative", context="local", end_epoch=1, verbose=False,
+        pruner_kwargs={"unwrapped_parameters": gammas},
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe = fit(module, callback)
+    # torch-pruning took them from us instead of guessing their dimension
+    assert not [w for w in caught if "Unwrapped parameters detected" in str(w.message)]
+    for block in net.blocks:
+        assert block.gamma.numel() == block.dw.out_channels == block.fc2.out_features < 16
+    check_pruned_run(module, probe, callback)
