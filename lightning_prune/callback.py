@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from .attention import aim_head_pruning, attention_kwargs
 from .budget import (
     BUDGET_TARGETS,
     TARGETS,
@@ -39,6 +40,7 @@ from .distributed import (
     spawns_ranks,
 )
 from .pruner import (
+    PRUNABLE_TYPES,
     ChannelPruner,
     PruneStep,
     call_model,
@@ -48,6 +50,8 @@ from .pruner import (
     preserved_training_modes,
 )
 from .report import LayerRow, layer_report, prune_metrics, render_layer_report
+from .rollback import Snapshot, forward_check, step_error
+from .safety import ON_UNSAFE, describe, unsafe_layers_to_ignore
 from .schedules import SCHEDULES, Schedule, get_schedule, scheduled_ratio
 from .surgery import remap_optimizer
 
@@ -157,6 +161,11 @@ class PruningCallback(Callback):
             through torch-pruning's ``pruning_ratio_dict``: the layers one pattern matches are ranked together
             (``"global"``) or one by one (``"local"``) and lose that share of their channels, on the same
             schedule and under ``max_layer_ratio``. A budget search moves only the other layers.
+        on_unsafe: what to do with layers whose channels reach an operation torch-pruning mis-prunes (channel
+            shuffle, a view/reshape to a fixed size, chunk/split feeding a concatenation; see
+            :mod:`lightning_prune.safety`): ``"ignore"`` leaves them unpruned with a warning naming them,
+            ``"raise"`` refuses at set-up with a ``ValueError`` naming them.
+        graph_build_warn_s: warn when building the dependency graph takes longer than this many seconds.
 
     Example::
 
@@ -184,6 +193,8 @@ class PruningCallback(Callback):
         target: Literal["channels", "macs", "params", "latency"] = "channels",
         budget: float | None = None,
         ratio_overrides: Mapping[str, float] | None = None,
+        on_unsafe: Literal["ignore", "raise"] = "ignore",
+        graph_build_warn_s: float = 60.0,
     ) -> None:
         super().__init__()
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= ratio < 1.0:
@@ -237,6 +248,12 @@ class PruningCallback(Callback):
                     f"ratio_overrides[{pattern!r}]={value!r} is invalid; patterns must be strings and ratios "
                     "must lie in [0, 1)"
                 )
+        if on_unsafe not in ON_UNSAFE:
+            raise ValueError(f"on_unsafe={on_unsafe!r} is unknown; choose one of {list(ON_UNSAFE)}")
+        if isinstance(graph_build_warn_s, bool) or not isinstance(graph_build_warn_s, int | float) or not (
+            graph_build_warn_s > 0
+        ):
+            raise ValueError(f"graph_build_warn_s={graph_build_warn_s!r} is invalid; it must be seconds > 0")
         if isinstance(ignored_layers, str):
             ignored_layers = [ignored_layers]
         self.ratio = float(ratio)
@@ -255,6 +272,9 @@ class PruningCallback(Callback):
         self.target = target
         self.budget = None if budget is None else float(budget)
         self.ratio_overrides = {str(k): float(v) for k, v in (ratio_overrides or {}).items()}
+        self.on_unsafe = on_unsafe
+        self.graph_build_warn_s = float(graph_build_warn_s)
+        self.unsafe_ignored: list[str] = []  # layers left unpruned because of unsafe operations (setup)
 
         # set in setup(), per fit
         self.pruner: ChannelPruner | None = None
@@ -352,11 +372,18 @@ class PruningCallback(Callback):
         except Exception as err:  # tracing failures surface here, before any training
             raise _untraceable(pl_module, inputs, err) from err
         ignored = {name for names in matched.values() for name in names} | set(output_layers)
+        custom_types = tuple(k for k in (self.pruner_kwargs.get("customized_pruners") or {}) if isinstance(k, type))
+        unsafe = unsafe_layers_to_ignore(model, inputs, self.on_unsafe, PRUNABLE_TYPES + custom_types, sorted(ignored))
+        if unsafe:
+            rank_zero_warn(f"PruningCallback: not pruning layers that feed unsafe operations: {describe(unsafe)}")
+        self.unsafe_ignored = [op.module for op in unsafe]
+        ignored |= set(self.unsafe_ignored)
         overrides = resolve_ratio_overrides(model, self.ratio_overrides, never_pruned=ignored)
         self._override_layers = {
             model.get_submodule(name): ratio for names, ratio in overrides.values() for name in names
         }
         pruner_kwargs = dict(self.pruner_kwargs)
+        pruner_kwargs = attention_kwargs(model, pruner_kwargs)  # attention heads pruned consistently
         if overrides:  # one torch-pruning scope per pattern
             pruner_kwargs["pruning_ratio_dict"] = {
                 **(pruner_kwargs.get("pruning_ratio_dict") or {}),
@@ -377,6 +404,11 @@ class PruningCallback(Callback):
             )
         except Exception as err:
             raise _untraceable(pl_module, inputs, err) from err
+        if self.pruner.build_seconds > self.graph_build_warn_s:
+            rank_zero_warn(
+                f"PruningCallback: building the dependency graph took {self.pruner.build_seconds:.1f}s "
+                f"(graph_build_warn_s={self.graph_build_warn_s:g}); use smaller example_inputs (one sample)"
+            )
         self._inputs = inputs
         self.baseline = layer_report(model, inputs)
         self._restore_random_state()
@@ -490,6 +522,34 @@ class PruningCallback(Callback):
             )
 
     def prune(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        target: float,
+        budget: float | None = None,
+        fraction: float = 1.0,
+    ) -> PruneStep:
+        """Prune now (see :meth:`_prune_unchecked`), then run one forward pass with the example inputs. If the
+        step fails or changes the output shapes, the model, the pruning history and the optimizers are rolled
+        back to their state before the step and :class:`~lightning_prune.rollback.PruningStepError` names the
+        step and the first group that breaks the model on its own."""
+        assert self.pruner is not None
+        aim_head_pruning(self.pruner._pruner, fraction)  # whole attention heads, if asked, on the schedule
+        snapshot = Snapshot.take(self.pruner, trainer.optimizers)
+        pruned_ratio, done = self.pruned_ratio, len(self.pruner.history())
+        try:
+            return self._prune_unchecked(trainer, pl_module, target, budget=budget, fraction=fraction)
+        except Exception as err:
+            history = self.pruner.history()[done:]
+            snapshot.restore()
+            self.pruned_ratio = pruned_ratio
+            if history:
+                rewrap_ddp(trainer)
+            where = f"epoch {trainer.current_epoch} (to {target:.1%} of channels)"
+            check = forward_check(self._inputs, self._output_shapes)
+            raise step_error(self.pruner, history, err, where, check) from err
+
+    def _prune_unchecked(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .attention import aim_head_pruning, sync_attention
 from .criteria import Importance, get_criterion, needs_gradients
+from .graph_build import release_autograd
 from .surgery import ParameterChange, ParameterTracker
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
@@ -217,6 +220,7 @@ class ChannelPruner:
         self.round_to = round_to
         for key in ("in_channel_groups", "out_channel_groups", "num_heads", "channel_groups"):
             pruner_kwargs[key] = dict(pruner_kwargs.get(key) or {})  # never torch-pruning's shared defaults
+        started = time.perf_counter()
         with traceable(model):
             self._pruner = tp.pruner.BasePruner(
                 model,
@@ -231,6 +235,9 @@ class ChannelPruner:
                 **pruner_kwargs,
             )
         self.graph = self._pruner.DG
+        aim_head_pruning(self._pruner, 0.0)  # whole heads go only when a caller aims it (PruningCallback)
+        release_autograd(self.graph)  # the traced activations are not needed once the graph is built
+        self.build_seconds = time.perf_counter() - started
         self._roots = self._group_roots()
         self._initial_root_channels = sum(self._channels(m, out) for m, out in self._roots)
         self._register_original_widths()
@@ -356,6 +363,7 @@ class ChannelPruner:
                     continue
                 tracker.apply(group.prune, owners=self._owners(group))
                 n_groups += 1
+        sync_attention(self.model, pruner.num_heads)
         return PruneStep(
             target=float(target),
             achieved=self.channel_ratio(),
@@ -369,6 +377,7 @@ class ChannelPruner:
         tracker = ParameterTracker(self.model)
         with preserved_training_modes(self.model), torch.no_grad():
             replay_history(self.graph, history, tracker)
+        sync_attention(self.model, self._pruner.num_heads)
         self.graph.pruning_history().extend(plain_history(history))
         return PruneStep(
             target=self.channel_ratio(),
