@@ -39,6 +39,7 @@ from .distributed import (
     rewrap_ddp,
     spawns_ranks,
 )
+from .inputs import resolve_example_inputs, shapes, to_device, untraceable_error
 from .pruner import (
     PRUNABLE_TYPES,
     ChannelPruner,
@@ -46,7 +47,6 @@ from .pruner import (
     call_model,
     find_output_layers,
     match_layer_patterns,
-    output_tensors,
     preserved_training_modes,
 )
 from .report import LayerRow, layer_report, prune_metrics, render_layer_report
@@ -58,43 +58,6 @@ from .surgery import remap_optimizer
 log = logging.getLogger(__name__)
 
 CONTEXTS = ("global", "local")
-
-
-def _first_sample(batch: Any) -> Any:
-    """One sample of a training batch, as model inputs: the first element of a (inputs, target) pair."""
-    if isinstance(batch, tuple | list) and batch:
-        batch = batch[0]
-    if torch.is_tensor(batch):
-        return batch[:1]
-    if isinstance(batch, dict):
-        return {k: v[:1] if torch.is_tensor(v) else v for k, v in batch.items()}
-    raise ValueError(
-        f"cannot take example inputs from a training batch of type {type(batch).__name__}; "
-        "pass PruningCallback(example_inputs=...) or set LightningModule.example_input_array"
-    )
-
-
-def _to_device(inputs: Any, device: torch.device) -> Any:
-    if torch.is_tensor(inputs):
-        return inputs.to(device)
-    if isinstance(inputs, tuple | list):
-        return type(inputs)(_to_device(x, device) for x in inputs)
-    if isinstance(inputs, dict):
-        return {k: _to_device(v, device) for k, v in inputs.items()}
-    return inputs
-
-
-def _shapes(output: Any) -> list[tuple[int, ...]]:
-    return [tuple(t.shape) for t in output_tensors(output)]
-
-
-def _untraceable(pl_module: pl.LightningModule, inputs: Any, err: Exception) -> ValueError:
-    shape = [tuple(t.shape) for t in output_tensors(inputs)]
-    return ValueError(
-        f"torch-pruning cannot trace {type(pl_module).__name__} with example inputs of shape {shape}: "
-        f"{type(err).__name__}: {err}. Pass PruningCallback(example_inputs=...) that the model's "
-        "forward accepts, or ignore the offending layers with ignored_layers=[...]"
-    )
 
 
 class PruningCallback(Callback):
@@ -143,8 +106,8 @@ class PruningCallback(Callback):
         context: ``"global"`` ranks channels across layers, ``"local"`` prunes every layer by the ratio.
         start_epoch: first epoch at whose end pruning may happen.
         end_epoch: epoch at whose end the full ratio is reached; default: the trainer's last epoch.
-        example_inputs: inputs for tracing; default: ``LightningModule.example_input_array`` or one sample
-            of the first training batch.
+        example_inputs: inputs for tracing; default: ``LightningModule.example_input_array`` or the first
+            training batch. Every tensor is cut to its first sample (see :mod:`lightning_prune.inputs`).
         ignored_layers: module-name patterns (fnmatch) never pruned; output layers are always kept.
         round_to: keep channel counts multiples of this.
         max_layer_ratio: no single layer loses more than this share of its channels, in (0, 1].
@@ -336,23 +299,6 @@ class PruningCallback(Callback):
             )
         return end
 
-    def _resolve_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        if self.example_inputs is not None:
-            return self.example_inputs
-        if pl_module.example_input_array is not None:
-            return pl_module.example_input_array
-        # Taking a batch must not shift the RNG streams the training run will use.
-        import random
-
-        import numpy as np
-
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            batch = next(iter(trainer.fit_loop._data_source.dataloader()))
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        return _first_sample(batch)
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -362,15 +308,15 @@ class PruningCallback(Callback):
             rank_zero_warn(SPAWN_WARNING.format(start_method=getattr(trainer.strategy, "_start_method", "spawn")))
         self._end_epoch = self._resolve_end_epoch(trainer)
         model = pl_module
-        inputs = _to_device(self._resolve_inputs(trainer, pl_module), pl_module.device)
+        inputs = resolve_example_inputs(trainer, pl_module, self.example_inputs)
         matched = match_layer_patterns(model, self.ignored_layers)
         try:
             with torch.no_grad(), preserved_training_modes(model):
                 model.eval()  # a train-mode pass would update BatchNorm statistics before training
-                self._output_shapes = _shapes(call_model(model, inputs))
+                self._output_shapes = shapes(call_model(model, inputs))
             output_layers = find_output_layers(model, inputs)
         except Exception as err:  # tracing failures surface here, before any training
-            raise _untraceable(pl_module, inputs, err) from err
+            raise untraceable_error(pl_module, inputs, err) from err
         ignored = {name for names in matched.values() for name in names} | set(output_layers)
         custom_types = tuple(k for k in (self.pruner_kwargs.get("customized_pruners") or {}) if isinstance(k, type))
         unsafe = unsafe_layers_to_ignore(model, inputs, self.on_unsafe, PRUNABLE_TYPES + custom_types, sorted(ignored))
@@ -403,11 +349,11 @@ class PruningCallback(Callback):
                 **pruner_kwargs,
             )
         except Exception as err:
-            raise _untraceable(pl_module, inputs, err) from err
+            raise untraceable_error(pl_module, inputs, err) from err
         if self.pruner.build_seconds > self.graph_build_warn_s:
             rank_zero_warn(
                 f"PruningCallback: building the dependency graph took {self.pruner.build_seconds:.1f}s "
-                f"(graph_build_warn_s={self.graph_build_warn_s:g}); use smaller example_inputs (one sample)"
+                f"(graph_build_warn_s={self.graph_build_warn_s:g}); consider ignored_layers for the slowest blocks"
             )
         self._inputs = inputs
         self.baseline = layer_report(model, inputs)
@@ -447,7 +393,7 @@ class PruningCallback(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the checkpoint (if any) is restored and the strategy has moved the model to its device by now
         self._remove_load_hook()
-        self._inputs = _to_device(self._inputs, pl_module.device)
+        self._inputs = to_device(self._inputs, pl_module.device)
         if self.pruner is not None and self._budget is not None and self.target == "latency":
             self._budget.metric = make_metric("latency", self._inputs)  # measured on the training device
             self._resolve_budget(pl_module)
@@ -596,22 +542,8 @@ class PruningCallback(Callback):
         if step.history:  # the same on every rank (broadcast), so all ranks join the rebuild's collectives
             rewrap_ddp(trainer)
         self.pruned_ratio = step.target
-        self._check_forward(pl_module, step)
+        forward_check(self._inputs, self._output_shapes)(pl_module)  # failures roll back in prune()
         return step
-
-    def _check_forward(self, pl_module: pl.LightningModule, step: PruneStep) -> None:
-        with torch.no_grad():
-            training = pl_module.training
-            pl_module.eval()
-            try:
-                shapes = _shapes(call_model(pl_module, self._inputs))
-            finally:
-                pl_module.train(training)
-        if shapes != self._output_shapes:
-            raise RuntimeError(
-                f"pruning to {step.target:.1%} changed the model's output shapes from {self._output_shapes} "
-                f"to {shapes}"
-            )
 
     # -- reporting ------------------------------------------------------------------------------------
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

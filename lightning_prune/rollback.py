@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .pruner import ChannelPruner
+from .budget import clone_pruner
+from .pruner import ChannelPruner, call_model, output_tensors, preserved_training_modes, replay_history
 
 
 class PruningStepError(RuntimeError):
@@ -145,8 +146,6 @@ class Snapshot:
 def failing_record(pruner: ChannelPruner, history: list[list], check: Any) -> list | None:
     """The first of ``history``'s records ``[layer, is_out, indices]`` after which ``check(model)`` raises,
     replayed one by one on a copy of the (restored) pruner; None when none fails alone."""
-    from .budget import clone_pruner  # budget imports the pruner; keep this module import-light
-    from .pruner import replay_history
 
     trial = clone_pruner(pruner)
     for record in history:
@@ -162,8 +161,6 @@ def failing_record(pruner: ChannelPruner, history: list[list], check: Any) -> li
 def forward_check(inputs: object, expected_shapes: list[tuple[int, ...]]) -> Any:
     """A check for :func:`failing_record`: one eval-mode forward pass with ``inputs`` that must give outputs of
     ``expected_shapes``."""
-    from .pruner import call_model, output_tensors, preserved_training_modes
-
     def check(model: nn.Module) -> None:
         with torch.no_grad(), preserved_training_modes(model):
             model.eval()

@@ -318,3 +318,23 @@ def test_a_small_cnn_on_digits_keeps_its_accuracy_with_half_the_channels_pruned(
     assert callback.pruner.channel_ratio() == pytest.approx(0.5, abs=0.02)
     assert metrics["prune/macs_ratio"].item() < 0.4
     assert metrics["val/acc"].item() >= 0.95
+
+
+def test_the_graph_is_traced_with_one_sample_even_when_a_whole_batch_is_given():
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = PlainNet()
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return self.net(x)
+
+    module = ClassifierModule(Recorder(), num_classes=4)
+    callback = PruningCallback(ratio=0.3, example_inputs=torch.randn(16, 3, 8, 8), verbose=False)
+    quiet_trainer(max_epochs=1, callbacks=[callback]).fit(module, random_loader(n=16, batch_size=8))
+    assert callback._inputs.shape == (1, 3, 8, 8)
+    assert 16 not in seen and 1 in seen  # traced with one sample, trained with batches of 8
+    assert 8 in seen
