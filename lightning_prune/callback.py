@@ -353,7 +353,8 @@ class PruningCallback(Callback):
         if self.pruner.build_seconds > self.graph_build_warn_s:
             rank_zero_warn(
                 f"PruningCallback: building the dependency graph took {self.pruner.build_seconds:.1f}s "
-                f"(graph_build_warn_s={self.graph_build_warn_s:g}); consider ignored_layers for the slowest blocks"
+                f"(graph_build_warn_s={self.graph_build_warn_s:g}); where the model allows, pass smaller "
+                "example_inputs (e.g. a smaller image size)"
             )
         self._inputs = inputs
         self.baseline = layer_report(model, inputs)
