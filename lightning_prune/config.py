@@ -23,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .budget import TARGETS
 from .criteria import CRITERIA
+from .safety import ON_UNSAFE
 from .schedules import SCHEDULES
 
 
@@ -62,6 +63,8 @@ class TrainConfig:
     target: str = "channels"
     budget: float | None = None
     ratio_overrides: Any = None  # a mapping of pattern -> ratio; open so that a command line can set it whole
+    on_unsafe: str = "ignore"
+    graph_build_warn_s: float = 60.0
     model: Any = MISSING
     data: Any = MISSING
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -102,6 +105,8 @@ def validate_values(cfg: TrainConfig) -> None:
     )
     for pattern, value in (cfg.ratio_overrides or {}).items():
         _check(0.0 <= value < 1.0, f"ratio_overrides[{pattern!r}]", value, "lie in [0, 1)")
+    _check(cfg.on_unsafe in ON_UNSAFE, "on_unsafe", cfg.on_unsafe, f"be one of {list(ON_UNSAFE)}")
+    _check(cfg.graph_build_warn_s > 0, "graph_build_warn_s", cfg.graph_build_warn_s, "be seconds > 0")
     _check(cfg.schedule.schedule in SCHEDULES, "schedule", cfg.schedule.schedule, f"be one of {sorted(SCHEDULES)}")
     _check(
         cfg.criterion.criterion in CRITERIA, "criterion", cfg.criterion.criterion, f"be one of {sorted(CRITERIA)}"

@@ -88,6 +88,7 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
         ("budget=0.5", ValueError, r"budget=0.5 is invalid; it must be set .* exactly when target is macs"),
         ("target=macs", ValueError, r"budget=None is invalid; it must be set"),
         ("target=flops", ValueError, r"target='flops' is invalid; it must be one of \['channels', 'macs'"),
+        ("on_unsafe=skip", ValueError, r"on_unsafe='skip' is invalid; it must be one of \[.ignore., .raise.\]"),
     ],
 )
 def test_bad_overrides_fail_with_a_message_naming_the_key(override, error, message):
