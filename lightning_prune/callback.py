@@ -173,6 +173,9 @@ class PruningCallback(Callback):
             through torch-pruning's ``pruning_ratio_dict``: the layers one pattern matches are ranked together
             (``"global"``) or one by one (``"local"``) and lose that share of their channels, on the same
             schedule and under ``max_layer_ratio``. A budget search moves only the other layers.
+        optimizer_state: ``"slice"`` carries each pruned parameter's optimizer state over to its kept entries;
+            ``"reset"`` drops it, so the optimizer starts those parameters afresh (an ablation baseline:
+            ``scripts/bench_accuracy.py`` measures the difference).
 
     Example::
 
@@ -200,8 +203,11 @@ class PruningCallback(Callback):
         target: Literal["channels", "macs", "params", "latency"] = "channels",
         budget: float | None = None,
         ratio_overrides: Mapping[str, float] | None = None,
+        optimizer_state: Literal["slice", "reset"] = "slice",
     ) -> None:
         super().__init__()
+        if optimizer_state not in ("slice", "reset"):
+            raise ValueError(f"optimizer_state={optimizer_state!r} is unknown; choose 'slice' or 'reset'")
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= ratio < 1.0:
             raise ValueError(f"ratio={ratio!r} is invalid; it must lie in [0, 1)")
         if not callable(schedule) and schedule not in SCHEDULES:
@@ -271,6 +277,7 @@ class PruningCallback(Callback):
         self.target = target
         self.budget = None if budget is None else float(budget)
         self.ratio_overrides = {str(k): float(v) for k, v in (ratio_overrides or {}).items()}
+        self.optimizer_state = optimizer_state
 
         # set in setup(), per fit
         self.pruner: ChannelPruner | None = None
@@ -573,7 +580,7 @@ class PruningCallback(Callback):
                 for param in pl_module.parameters():
                     param.grad = None
         for optimizer in trainer.optimizers:
-            remap_optimizer(optimizer, step.changes)
+            remap_optimizer(optimizer, step.changes, carry_state=self.optimizer_state == "slice")
         if step.history:  # the same on every rank (broadcast), so all ranks join the rebuild's collectives
             rewrap_ddp(trainer)
         self.pruned_ratio = step.target
