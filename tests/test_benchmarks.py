@@ -57,7 +57,9 @@ def test_latency_rows_cover_the_grid_and_are_consistent(latency):
     check_machine(latency)
     cfg = latency["config"]
     rows = latency["rows"]
-    grid = {(b, c, r, q) for b in cfg["batches"] for c in cfg["contexts"] for r in cfg["round_to"] for q in cfg["ratios"]}
+    grid = {
+        (b, c, r, q) for b in cfg["batches"] for c in cfg["contexts"] for r in cfg["round_to"] for q in cfg["ratios"]
+    }
     assert {(r["batch"], r["context"], r["round_to"], r["ratio"]) for r in rows} == grid
     for row in rows:
         assert 0 < row["macs_ratio"] < 1 and 0 < row["params_ratio"] < 1
@@ -72,7 +74,8 @@ def test_latency_at_2x_picks_the_closest_row_per_setting(latency):
     rows, picked = latency["rows"], latency["at_2x"]
     assert len(picked) == len({(r["batch"], r["context"], r["round_to"]) for r in rows})
     for p in picked:
-        same = [r for r in rows if (r["batch"], r["context"], r["round_to"]) == (p["batch"], p["context"], p["round_to"])]
+        key = (p["batch"], p["context"], p["round_to"])
+        same = [r for r in rows if (r["batch"], r["context"], r["round_to"]) == key]
         assert abs(p["macs_ratio"] - 0.5) == min(abs(r["macs_ratio"] - 0.5) for r in same)
 
 
