@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
-    backends = ["eager"] + (["compile"] if args.compile else []) + (["cuda"] if torch.cuda.is_available() else [])
+    backends = args.backends or (
+        ["eager"] + (["compile"] if args.compile else []) + (["cuda"] if torch.cuda.is_available() else [])
+    )
     for name in args.models:
         dense = MODELS[name](num_classes=NUM_CLASSES).eval()
         variants = {
@@ -216,6 +218,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also time torch.compile'd models for --compile-configs at --compile-ratios")
     p.add_argument("--compile-configs", nargs="+", default=["resnet18:64:1", "resnet18:64:32"],
                    help="model:size:batch triples timed under torch.compile (compiling is slow)")
+    p.add_argument("--backends", nargs="+", choices=["eager", "compile", "cuda"], default=None,
+                   help="default: eager, compile (unless --no-compile) and cuda when a GPU is present")
     p.add_argument("--compile-ratios", nargs="+", type=float, default=[0.4])
     args = p.parse_args(argv)
     if args.smoke:

@@ -150,6 +150,9 @@ def latency_section(lat: dict[str, Any]) -> tuple[str, list[list[str]]]:
            "<details><summary>All rows</summary>\n",
            markdown_table(LAT_HEADERS, latency_rows(lat["rows"])) + "\n",
            "</details>\n"]
+    if not any(r["backend"] == "cuda" for r in lat["rows"]):
+        out.append("No GPU rows: the machine that ran this had no CUDA device (the script adds them where "
+                   "there is one).\n")
     if lat.get("errors"):
         out.append("Errors: " + "; ".join(f"`{e}`" for e in lat["errors"]) + "\n")
     targets = []
