@@ -114,6 +114,7 @@ def test_overhead_rows(overhead):
     (row,) = overhead["rows"]
     assert row["graph_build_s"] > 0 and row["event_s"] > 0 and len(row["prune_steps_s"]) == 4
     assert 0 < row["hook_share"] < 1
+    assert set(row["event_breakdown_s"]) == {"prune_to", "count_macs_params", "forward_check"}
     assert all(v > 0 for v in row["fit_s"].values())
     e = overhead["config"]["epochs"]
     assert row["expected_fit_s"] == pytest.approx((row["fit_s"]["dense"] + (e - 1) * row["fit_s"]["final_arch"]) / e)
