@@ -208,3 +208,13 @@ def test_pairwise_ratio_is_the_median_of_pair_ratios_with_quartiles():
     assert pairwise_ratio([2.0], [1.0]).median == 0.5
     with pytest.raises(ValueError):
         pairwise_ratio([1.0], [1.0, 2.0])
+
+
+def test_interpolated_latency_brackets_half_the_macs():
+    sys.path.insert(0, str(SCRIPTS))
+    import update_readme_results as upd
+
+    rows = [dict(model="m", macs_ratio=x, latency_ratio=y) for x, y in ((0.7, 0.9), (0.55, 0.7), (0.35, 0.4))]
+    assert upd.interpolated_latency(rows, dict(model="m")) == pytest.approx(0.7 - 0.05 / 0.2 * 0.3)
+    assert upd.interpolated_latency(rows[:2], dict(model="m")) is None  # nothing at or below 0.5
+    assert upd.interpolated_latency(rows, dict(model="other")) is None
