@@ -7,8 +7,9 @@ Arms (all train ``--epochs`` epochs in total, same optimizer, same data order pe
 - ``ours/<schedule>/<criterion>``: :class:`~lightning_prune.PruningCallback` pruning from epoch
   ``--prune-start`` to ``--prune-end`` (global ranking), at channel ratios calibrated on the trained dense
   model to give about 1.5x, 2x and 3x fewer MACs (``budget.search_channel_ratio``, per criterion; the
-  ``taylor`` calibration uses one batch's gradients). A ``target="macs"`` budget would do this inside the
-  callback, but not with ``taylor`` (the set-up search has no gradients), so ratios are used throughout.
+  ``taylor`` calibration uses gradients summed over one epoch, as the callback does). A ``target="macs"``
+  budget would do this inside the callback, but not with ``taylor`` (the set-up search has no gradients),
+  so ratios are used throughout.
 - ``modelpruning/l1_unstructured`` and ``modelpruning/ln_structured``: Lightning's ``ModelPruning``, applied
   once at ``--prune-start``'s epoch end and made permanent at the end. Unstructured: the same number of
   weights as our l2 arm removes (global magnitude). Structured: L2 norm over conv output channels, the same
@@ -118,10 +119,12 @@ def evaluate(module: ClassifierModule, data: DigitsDataModule) -> float:
 
 
 def fill_grads(model: nn.Module, data: DigitsDataModule) -> None:
-    """One training batch's gradients (for the taylor criterion outside the callback)."""
-    x, y = next(iter(data.train_dataloader()))
+    """Gradients summed over one epoch of training batches, as the callback sums them over a pruning
+    epoch for the taylor criterion (a single batch ranks channels differently)."""
     model.zero_grad()
-    nn.functional.cross_entropy(model.train()(x), y).backward()
+    model.train()
+    for x, y in data.train_dataloader():
+        nn.functional.cross_entropy(model(x), y).backward()
 
 
 # -- arms ------------------------------------------------------------------------------------------
@@ -211,7 +214,7 @@ def calibrate(dense: nn.Module, data, args, criterion: str, fraction: float) -> 
 def latency_vs_dense(model: nn.Module, dense: nn.Module, args) -> tuple[float, float]:
     """Median pruned/dense latency ratio at batch ``--latency-batch`` (interleaved), and the model's ms."""
     x = torch.randn(args.latency_batch, 1, args.size, args.size)
-    dense_t, model_t = pairwise_latencies([dense, model], x, repeats=args.latency_pairs, warmup=3)
+    dense_t, model_t = pairwise_latencies([dense, model], x, repeats=args.latency_pairs, warmup=10)
     return pairwise_ratio(dense_t, model_t).median, 1e3 * statistics.median(model_t)
 
 
@@ -367,7 +370,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-batches", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--latency-batch", type=int, default=32)
-    p.add_argument("--latency-pairs", type=int, default=50)
+    p.add_argument("--latency-pairs", type=int, default=200)
     args = p.parse_args(argv)
     if args.smoke:
         args.seeds, args.schedules, args.criteria = [0, 1], ["one_shot", "agp"], ["l2", "taylor"]
