@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import statistics
 import sys
@@ -338,6 +339,10 @@ def plot(result: dict, path: Path) -> Path | None:
         seen.add(a["family"])
         ax.errorbar(a["macs_ratio"], 100 * a["acc_mean"], yerr=100 * a["acc_std"], fmt=marker, color=color,
                     alpha=0.7, capsize=2, label=label)
+    dense = next(a for a in result["arms"] if a["family"] == "dense")
+    ax.axhline(100 * dense["acc_mean"], color="k", ls="--", lw=0.8, zorder=0)
+    ax.axhline(100 * dense["acc_mean"] - 0.5, color="grey", ls=":", lw=0.8, zorder=0, label="dense − 0.5 points")
+    ax.axhline(100 * dense["acc_mean"] - 1.5, color="grey", ls="-.", lw=0.8, zorder=0, label="dense − 1.5 points")
     ax.set_xlabel("MACs of the final model / dense (masked models count as dense)")
     ax.set_ylabel("digits val accuracy (%)")
     ax.set_title("Accuracy against compute, mean ± std over seeds")
@@ -354,6 +359,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="a few tiny arms that run in seconds (for the tests)")
     p.add_argument("--out", default=str(RESULTS_DIR / "accuracy.json"))
+    p.add_argument("--replot", action="store_true", help="only redraw the plot of the JSON at --out")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--schedules", nargs="+", default=SCHEDULES)
     p.add_argument("--criteria", nargs="+", default=CRITERIA)
@@ -383,8 +389,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    result = run(args)
     out = Path(args.out)
+    if args.replot:
+        result = json.loads(out.read_text())
+        plot(result, out.with_suffix(".png"))
+        return result
+    result = run(args)
     png = plot(result, out.with_suffix(".png"))
     result["plot"] = png.name if png else None
     print(table(result["arms"]))
