@@ -170,6 +170,23 @@ def latency_section(lat: dict[str, Any]) -> tuple[str, list[list[str]]]:
            "<details><summary>All rows</summary>\n",
            markdown_table(LAT_HEADERS, latency_rows(lat["rows"])) + "\n",
            "</details>\n"]
+    groups: dict[tuple, list[float]] = {}
+    for r in lat["rows"]:
+        key = (r["model"], r["size"], r["batch"], r["backend"])
+        groups.setdefault(key, [])
+    columns = [(c, q) for c in ("global", "local") for q in (None, 8)]
+    summary = []
+    for key in groups:
+        cells = []
+        for context, round_to in columns:
+            effs = [r["efficiency"] for r in lat["rows"] if (r["model"], r["size"], r["batch"], r["backend"]) == key
+                    and r["context"] == context and r["round_to"] == round_to]
+            cells.append(statistics.median(effs) if effs else None)
+        summary.append([*key, *cells])
+    out.insert(3, "**Median efficiency over the ratios, per setting** (where `round_to` and the ranking scope "
+               "help)\n\n" + markdown_table(
+                   ["model", "input", "batch", "backend", *(f"{c} round_to={q or '—'}" for c, q in columns)],
+                   summary) + "\n")
     if not any(r["backend"] == "cuda" for r in lat["rows"]):
         out.append("No GPU rows: the machine that ran this had no CUDA device (the script adds them where "
                    "there is one).\n")
