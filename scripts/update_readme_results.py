@@ -67,6 +67,11 @@ def accuracy_section(acc: dict[str, Any]) -> tuple[str, list[list[str]]]:
         f"final model against the dense model at batch {cfg['latency_batch']}, timed interleaved on CPU "
         "(seed 0). Masked models (ModelPruning) keep dense shapes, so their MACs count as dense.\n"
     )
+    dense_info = acc.get("dense", {})
+    if dense_info.get("latency_ms"):
+        rate = dense_info["macs"] * cfg["latency_batch"] / (dense_info["latency_ms"] / 1e3) / 1e9
+        out.append(f"The dense SmallCNN has {dense_info['macs'] / 1e6:.2f}M MACs per image and runs batch "
+                   f"{cfg['latency_batch']} in {dense_info['latency_ms']:.2f} ms: {rate:.2f} GMAC/s.\n")
     if acc.get("plot"):
         out.append(f"![accuracy against MACs](scripts/results/{acc['plot']})\n")
     levels = list(cfg["levels"])
@@ -197,7 +202,8 @@ def latency_section(lat: dict[str, Any]) -> tuple[str, list[list[str]]]:
         latency = interpolated_latency(lat["rows"], r)
         efficiency = 0.5 / latency if latency else None
         interp_rows.append([r["model"], r["size"], r["batch"], r["backend"], r["context"], r["round_to"] or "—",
-                            latency, efficiency, f"{r['efficiency']:.3f} at MACs {r['macs_ratio']:.3f}"])
+                            latency, efficiency, f"{1 / latency:.2f}x" if latency else None,
+                            f"{r['efficiency']:.3f} at MACs {r['macs_ratio']:.3f}"])
         if r["batch"] == 32 and r["backend"] == "eager":
             value = efficiency if efficiency is not None else r["efficiency"]
             how = "interpolated at MACs 0.5" if efficiency is not None else f"at MACs {r['macs_ratio']:.3f}"
@@ -210,7 +216,7 @@ def latency_section(lat: dict[str, Any]) -> tuple[str, list[list[str]]]:
     out.insert(2, "**Efficiency at exactly 2x fewer MACs** (latency ratio interpolated linearly between the two "
                "rows whose MACs ratios bracket 0.5; the grid's ratios rarely land on it)\n\n" + markdown_table(
                    ["model", "input", "batch", "backend", "context", "round_to", "latency ratio @0.5",
-                    "efficiency @0.5", "nearest row"], interp_rows) + "\n")
+                    "efficiency @0.5", "speed-up vs masked @0.5", "nearest row"], interp_rows) + "\n")
     return "\n".join(out), targets
 
 
