@@ -210,7 +210,7 @@ def latency_section(lat: dict[str, Any]) -> tuple[str, list[list[str]]]:
             targets.append([
                 f"CPU batch-32 efficiency ≥ {TARGET_EFFICIENCY} at 2x fewer MACs: {r['model']} {r['size']}px "
                 f"{r['context']} round_to={r['round_to']}",
-                f"{value:.2f} ({how}; nearest row {r['efficiency']:.2f} at MACs {r['macs_ratio']:.3f}, "
+                f"{value:.3f} ({how}; nearest row {r['efficiency']:.2f} at MACs {r['macs_ratio']:.3f}, "
                 f"{1 / r['latency_ratio']:.2f}x faster than a dense-shaped masked model)",
                 met(value >= TARGET_EFFICIENCY)])
     out.insert(2, "**Efficiency at exactly 2x fewer MACs** (latency ratio interpolated linearly between the two "
