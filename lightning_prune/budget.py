@@ -56,17 +56,17 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
+import torch  # noqa: F401 - the doctests use it
 from torch import nn
 
-from .pruner import PRUNABLE_TYPES, ChannelPruner, PruneStep, call_model, match_layer_patterns, preserved_training_modes
+from .latency import measure_latency
+from .pruner import PRUNABLE_TYPES, ChannelPruner, PruneStep, match_layer_patterns
 from .report import count_macs_params
 from .surgery import ParameterChange
 
@@ -171,39 +171,6 @@ def clone_pruner(pruner: ChannelPruner) -> ChannelPruner:
         if old.grad is not None:
             new.grad = old.grad.detach().clone()
     return clone
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_latency(model: nn.Module, example_inputs: object, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time in seconds of one forward pass of ``model`` on ``example_inputs``.
-
-    Runs on the model's current device, in eval mode (modes are restored) and without gradients, after
-    ``warmup`` untimed passes; CUDA is synchronized around each timed pass. Noisy: see the module docstring.
-
-    >>> latency = measure_latency(nn.Linear(4, 2), torch.zeros(1, 4), repeats=3, warmup=1)
-    >>> 0.0 < latency < 1.0
-    True
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats!r} and {warmup!r}")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    times = []
-    with preserved_training_modes(model), torch.no_grad():
-        model.eval()
-        for _ in range(warmup):
-            call_model(model, example_inputs)
-        for _ in range(repeats):
-            _synchronize(device)
-            start = time.perf_counter()
-            call_model(model, example_inputs)
-            _synchronize(device)
-            times.append(time.perf_counter() - start)
-    return float(statistics.median(times))
 
 
 def make_metric(target: str, example_inputs: object, repeats: int = 20) -> Callable[[nn.Module], float]:

@@ -129,6 +129,9 @@ class PruningCallback(Callback):
             :mod:`lightning_prune.safety`): ``"ignore"`` leaves them unpruned with a warning naming them,
             ``"raise"`` refuses at set-up with a ``ValueError`` naming them.
         graph_build_warn_s: warn when building the dependency graph takes longer than this many seconds.
+        optimizer_state: ``"slice"`` carries each pruned parameter's optimizer state over to its kept entries;
+            ``"reset"`` drops it, so the optimizer starts those parameters afresh (an ablation baseline:
+            ``scripts/bench_accuracy.py`` measures the difference).
 
     Example::
 
@@ -158,8 +161,11 @@ class PruningCallback(Callback):
         ratio_overrides: Mapping[str, float] | None = None,
         on_unsafe: Literal["ignore", "raise"] = "ignore",
         graph_build_warn_s: float = 60.0,
+        optimizer_state: Literal["slice", "reset"] = "slice",
     ) -> None:
         super().__init__()
+        if optimizer_state not in ("slice", "reset"):
+            raise ValueError(f"optimizer_state={optimizer_state!r} is unknown; choose 'slice' or 'reset'")
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= ratio < 1.0:
             raise ValueError(f"ratio={ratio!r} is invalid; it must lie in [0, 1)")
         if not callable(schedule) and schedule not in SCHEDULES:
@@ -238,6 +244,7 @@ class PruningCallback(Callback):
         self.on_unsafe = on_unsafe
         self.graph_build_warn_s = float(graph_build_warn_s)
         self.unsafe_ignored: list[str] = []  # layers left unpruned because of unsafe operations (setup)
+        self.optimizer_state = optimizer_state
 
         # set in setup(), per fit
         self.pruner: ChannelPruner | None = None
@@ -539,7 +546,7 @@ class PruningCallback(Callback):
                 for param in pl_module.parameters():
                     param.grad = None
         for optimizer in trainer.optimizers:
-            remap_optimizer(optimizer, step.changes)
+            remap_optimizer(optimizer, step.changes, carry_state=self.optimizer_state == "slice")
         if step.history:  # the same on every rank (broadcast), so all ranks join the rebuild's collectives
             rewrap_ddp(trainer)
         self.pruned_ratio = step.target

@@ -122,8 +122,14 @@ class ParameterTracker:
         return result
 
 
-def remap_optimizer(optimizer: torch.optim.Optimizer, changes: Sequence[ParameterChange]) -> None:
+def remap_optimizer(
+    optimizer: torch.optim.Optimizer, changes: Sequence[ParameterChange], carry_state: bool = True
+) -> None:
     """Point ``optimizer`` at the new parameters and slice its per-parameter state to the kept entries.
+
+    With ``carry_state=False`` the state of every replaced parameter is dropped instead, so the optimizer
+    starts it afresh (momentum zero, Adam's moments and ``step`` reset); parameters the prune did not touch
+    keep their state. This exists for comparison (``scripts/bench_accuracy.py`` measures what slicing buys).
 
     State tensors shaped like the parameter (SGD momentum, Adam's ``exp_avg``/``exp_avg_sq``) are sliced;
     scalars such as Adam's ``step`` are kept. State of any other shape cannot be sliced safely, so it is
@@ -135,6 +141,10 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, changes: Sequence[Paramete
     >>> remap_optimizer(opt, [ParameterChange("p", p, q, torch.tensor([1, 3]))])
     >>> opt.param_groups[0]["params"][0] is q, opt.state[q]["exp_avg"].shape
     (True, torch.Size([2]))
+    >>> r = torch.nn.Parameter(torch.zeros(1))
+    >>> remap_optimizer(opt, [ParameterChange("p", q, r, torch.tensor([0]))], carry_state=False)
+    >>> opt.param_groups[0]["params"][0] is r, r in opt.state
+    (True, False)
     """
     by_old = {id(c.old): c for c in changes}
     for group in optimizer.param_groups:
@@ -143,6 +153,8 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, changes: Sequence[Paramete
         if change.old not in optimizer.state:
             continue
         state = optimizer.state.pop(change.old)
+        if not carry_state:
+            continue
         new_state = {}
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape == change.old.shape and value.dim() > 0:

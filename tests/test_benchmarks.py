@@ -1,0 +1,220 @@
+"""The benchmark scripts' smoke modes run (so the scripts never rot), and their JSON is sane.
+
+Each script runs once per module in a subprocess (the scripts quiet loggers and warnings globally), into
+``tmp_path``; the tests check structure and internal consistency, never timings against targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_prune.latency import pairwise_latencies, pairwise_ratio
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+
+
+def run_smoke(script: str, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / script), "--smoke", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "|" in proc.stdout  # a markdown table was printed
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def latency(tmp_path_factory) -> dict:
+    return run_smoke("bench_latency.py", tmp_path_factory.mktemp("lat") / "latency.json")
+
+
+@pytest.fixture(scope="module")
+def accuracy(tmp_path_factory) -> dict:
+    return run_smoke("bench_accuracy.py", tmp_path_factory.mktemp("acc") / "accuracy.json")
+
+
+@pytest.fixture(scope="module")
+def overhead(tmp_path_factory) -> dict:
+    return run_smoke("bench_overhead.py", tmp_path_factory.mktemp("ovh") / "overhead.json")
+
+
+def check_machine(result: dict) -> None:
+    machine = result["machine"]
+    assert machine["threads"] >= 1 and machine["torch"] == torch.__version__ and machine["date"].endswith("UTC")
+
+
+# -- latency -----------------------------------------------------------------------------------------
+def test_latency_rows_cover_the_grid_and_are_consistent(latency):
+    check_machine(latency)
+    cfg = latency["config"]
+    rows = latency["rows"]
+    grid = {
+        (b, c, r, q) for b in cfg["batches"] for c in cfg["contexts"] for r in cfg["round_to"] for q in cfg["ratios"]
+    }
+    assert {(r["batch"], r["context"], r["round_to"], r["ratio"]) for r in rows} == grid
+    for row in rows:
+        assert 0 < row["macs_ratio"] < 1 and 0 < row["params_ratio"] < 1
+        assert row["latency_ratio"] > 0 and row["latency_ratio_q1"] <= row["latency_ratio"] <= row["latency_ratio_q3"]
+        assert row["efficiency"] == pytest.approx(row["macs_ratio"] / row["latency_ratio"])
+        assert row["pairs"] >= 3 and row["dense_ms"] > 0 and row["pruned_ms"] > 0
+    local = {r["ratio"]: r["channel_ratio"] for r in rows if r["context"] == "local" and r["round_to"] is None}
+    assert local[0.5] > local[0.3]  # more pruning asked, more done
+
+
+def test_latency_at_2x_picks_the_closest_row_per_setting(latency):
+    rows, picked = latency["rows"], latency["at_2x"]
+    assert len(picked) == len({(r["batch"], r["context"], r["round_to"]) for r in rows})
+    for p in picked:
+        key = (p["batch"], p["context"], p["round_to"])
+        same = [r for r in rows if (r["batch"], r["context"], r["round_to"]) == key]
+        assert abs(p["macs_ratio"] - 0.5) == min(abs(r["macs_ratio"] - 0.5) for r in same)
+
+
+# -- accuracy ----------------------------------------------------------------------------------------
+def test_accuracy_has_every_arm_with_sane_values(accuracy):
+    check_machine(accuracy)
+    cfg = accuracy["config"]
+    arms = {(a["arm"], a["level"]) for a in accuracy["arms"]}
+    expected = {("dense", None)}
+    for level in cfg["levels"]:
+        expected |= {(f"ours/{s}/{c}", level) for s in cfg["schedules"] for c in cfg["criteria"]}
+        expected |= {("modelpruning/l1_unstructured", level), ("modelpruning/ln_structured", level)}
+        expected |= {("prune_once/l2", level)} | {(f"ablation/reset/{s}", level) for s in cfg["ablation_schedules"]}
+    assert arms == expected
+    for arm in accuracy["arms"]:
+        assert len(arm["acc"]) == len(cfg["seeds"]) and all(0.0 <= a <= 1.0 for a in arm["acc"])
+        assert arm["acc_mean"] == pytest.approx(sum(arm["acc"]) / len(arm["acc"]))
+        assert arm["acc_std"] >= 0 and arm["latency_ratio"] > 0
+        if arm["family"] in ("ours", "prune_once", "ablation_reset"):
+            assert 0 < arm["macs_ratio"] < 1 and 0 < arm["params_ratio"] < 1
+        else:  # dense, and masked models keep dense shapes
+            assert arm["macs_ratio"] == pytest.approx(1.0)
+
+
+def test_accuracy_reports_calibration_plot_and_modelpruning_default_failure(accuracy, tmp_path_factory):
+    for level, fraction in accuracy["config"]["levels"].items():
+        for criterion, found in accuracy["calibration"][level].items():
+            assert 0 < found["ratio"] < 1 and found["macs_ratio"] <= fraction + 1e-9, (level, criterion)
+    assert "BatchNorm" in accuracy["modelpruning_default_error"] or "1 dims" in accuracy["modelpruning_default_error"]
+    assert accuracy["plot"] == "accuracy.png"
+
+
+# -- overhead ----------------------------------------------------------------------------------------
+def test_overhead_rows(overhead):
+    check_machine(overhead)
+    (row,) = overhead["rows"]
+    assert row["graph_build_s"] > 0 and row["event_s"] > 0 and len(row["prune_steps_s"]) == 4
+    assert 0 < row["hook_share"] < 1
+    assert set(row["event_breakdown_s"]) == {"prune_to", "count_macs_params", "forward_check"}
+    assert all(v > 0 for v in row["fit_s"].values())
+    e = overhead["config"]["epochs"]
+    assert row["expected_fit_s"] == pytest.approx((row["fit_s"]["dense"] + (e - 1) * row["fit_s"]["final_arch"]) / e)
+    assert row["fit_slowdown"] == pytest.approx(row["fit_s"]["callback"] / row["expected_fit_s"] - 1)
+    assert row["callback_macs_ratio"] < 1 and row["final_arch_macs_ratio"] < 1
+
+
+# -- README ------------------------------------------------------------------------------------------
+def test_update_readme_rewrites_only_between_markers(tmp_path, latency, accuracy, overhead):
+    sys.path.insert(0, str(SCRIPTS))
+    import update_readme_results as upd
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, data in (("latency", latency), ("accuracy", accuracy), ("overhead", overhead)):
+        (results / f"{name}.json").write_text(json.dumps(data))
+    (results / "notes.md").write_text("Findings: NOTE-TEXT")
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nintro text\n\n## Results\n\n", "\n\n## Development\n\nkept\n"
+    readme.write_text(f"{before}{upd.START}\nold stuff\n{upd.END}{after}")
+    upd.main(["--results", str(results), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith(before + upd.START) and text.endswith(upd.END + after)
+    assert "old stuff" not in text and "### Targets" in text and "NOTE-TEXT" in text
+    assert "### Accuracy on digits" in text and "### Latency" in text and "### Overhead" in text
+    dense = next(a for a in accuracy["arms"] if a["arm"] == "dense")
+    assert f"{100 * dense['acc_mean']:.2f}" in text  # figures come from the JSON
+    once = readme.read_text()
+    upd.main(["--results", str(results), "--readme", str(readme)])
+    assert readme.read_text() == once  # idempotent
+
+
+def test_update_readme_needs_markers_and_says_what_was_not_run(tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    import update_readme_results as upd
+
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="results:start"):
+        upd.main(["--results", str(tmp_path), "--readme", str(readme)])
+    readme.write_text(f"a\n{upd.START}\n{upd.END}\nb\n")
+    upd.main(["--results", str(tmp_path / "empty"), "--readme", str(readme)])
+    assert "Not run (`scripts/bench_latency.py`)" in readme.read_text()
+
+
+# -- latency helpers ---------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeModel:
+    """Advances the fake clock by the next of its ``costs`` on each call and logs the call."""
+
+    def __init__(self, name: str, costs: list[float], clock: FakeClock, log: list[str]) -> None:
+        self.name, self.costs, self.clock, self.log, self.calls = name, costs, clock, log, 0
+
+    def __call__(self, inputs):
+        self.clock.now += self.costs[self.calls % len(self.costs)]
+        self.calls += 1
+        self.log.append(self.name)
+
+
+def test_pairwise_latencies_interleave_and_time_with_the_clock():
+    clock, log = FakeClock(), []
+    a = FakeModel("a", [9.0, 1.0, 2.0, 3.0], clock, log)  # the first (warm-up) call is not timed
+    b = FakeModel("b", [9.0, 0.5, 1.0, 1.5], clock, log)
+    times = pairwise_latencies([a, b], torch.zeros(1), repeats=3, warmup=1, clock=clock)
+    assert log == ["a", "b"] * 4
+    assert times == [[1.0, 2.0, 3.0], [0.5, 1.0, 1.5]]
+
+
+def test_pairwise_latencies_restore_modes_and_reject_bad_counts():
+    net = torch.nn.Linear(2, 2).train()
+    pairwise_latencies([net], torch.zeros(1, 2), repeats=1, warmup=0)
+    assert net.training
+    with pytest.raises(ValueError):
+        pairwise_latencies([net], torch.zeros(1, 2), repeats=0)
+
+
+def test_pairwise_ratio_is_the_median_of_pair_ratios_with_quartiles():
+    # pair ratios 0.5, 0.5, 0.5, 5.0: a median of ratios ignores the disturbed pair; a ratio of medians
+    # (median(b) / median(a) = 1.5 / 1.5) would not
+    stats = pairwise_ratio([1.0, 2.0, 4.0, 1.0], [0.5, 1.0, 2.0, 5.0])
+    assert stats.median == 0.5 and stats.n == 4
+    assert stats.q1 == 0.5 and stats.q3 == pytest.approx(1.625)  # inclusive quartiles: 0.5 + 0.25 * 4.5
+    assert stats.spread == pytest.approx(stats.q3 - stats.q1)
+    assert pairwise_ratio([2.0], [1.0]).median == 0.5
+    with pytest.raises(ValueError):
+        pairwise_ratio([1.0], [1.0, 2.0])
+
+
+def test_interpolated_latency_brackets_half_the_macs():
+    sys.path.insert(0, str(SCRIPTS))
+    import update_readme_results as upd
+
+    rows = [dict(model="m", macs_ratio=x, latency_ratio=y) for x, y in ((0.7, 0.9), (0.55, 0.7), (0.35, 0.4))]
+    assert upd.interpolated_latency(rows, dict(model="m")) == pytest.approx(0.7 - 0.05 / 0.2 * 0.3)
+    assert upd.interpolated_latency(rows[:2], dict(model="m")) is None  # nothing at or below 0.5
+    assert upd.interpolated_latency(rows, dict(model="other")) is None

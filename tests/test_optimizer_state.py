@@ -1,0 +1,41 @@
+"""``PruningCallback(optimizer_state=...)``: slice the pruned parameters' optimizer state, or reset it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PlainNet, quiet_trainer, random_loader
+
+from lightning_prune import ClassifierModule, PruningCallback
+
+
+def fit_pruning_at_the_end(optimizer_state: str) -> tuple[ClassifierModule, torch.optim.Optimizer]:
+    module = ClassifierModule(PlainNet(), num_classes=4)
+    before = {name: p.shape for name, p in module.named_parameters()}
+    callback = PruningCallback(ratio=0.5, schedule="one_shot", start_epoch=1, verbose=False,
+                               optimizer_state=optimizer_state)
+    trainer = quiet_trainer(max_epochs=2, callbacks=[callback])
+    trainer.fit(module, random_loader())  # the prune happens after the last optimizer step
+    module.shapes_before = before
+    return module, trainer.optimizers[0]
+
+
+@pytest.mark.parametrize("optimizer_state", ["slice", "reset"])
+def test_pruned_parameters_keep_sliced_state_or_start_afresh(optimizer_state):
+    module, optimizer = fit_pruning_at_the_end(optimizer_state)
+    pruned = [p for name, p in module.named_parameters() if p.shape != module.shapes_before[name]]
+    untouched = [p for name, p in module.named_parameters() if p.shape == module.shapes_before[name]]
+    assert pruned and untouched
+    for param in untouched:
+        assert param in optimizer.state
+    for param in pruned:
+        if optimizer_state == "slice":
+            assert optimizer.state[param]["exp_avg"].shape == param.shape
+        else:
+            assert param not in optimizer.state
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in module.parameters()}
+
+
+def test_unknown_optimizer_state_is_rejected():
+    with pytest.raises(ValueError, match="optimizer_state"):
+        PruningCallback(optimizer_state="keep")
