@@ -1,10 +1,10 @@
 """Time and memory of building the dependency graph (``ChannelPruner``) on CPU, one-sample inputs.
 
 For resnet50 at 224x224 (``lightning_prune.models``) and a ViT-B-sized model (12 blocks, dim 768, 12 heads,
-16x16 patches at 224x224, timm-style attention with its own qkv Linear, defined here). Each measurement runs
-in a fresh process: the peak RSS increase is the highest RSS sampled every 5 ms during the build minus the
-RSS before it (the model and inputs already allocated); "retained" is the RSS increase still held once the
-build returned, with and without releasing the traced autograd graph
+16x16 patches at 224x224, timm-style attention with its own qkv Linear: ``models.VisionTransformer``).
+Each measurement runs in a fresh process: the peak RSS increase is the highest RSS sampled every 5 ms during
+the build minus the RSS before it (the model and inputs already allocated); "retained" is the RSS increase
+still held once the build returned, with and without releasing the traced autograd graph
 (:func:`lightning_prune.graph_build.release_autograd`).
 
     python scripts/measure_graph_build.py            # prints a markdown table, writes scripts/results/graph_build.json
@@ -23,52 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 RESULTS = Path(__file__).parent / "results" / "graph_build.json"
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class ViT(nn.Module):
-    """ViT-B/16: 12 blocks, dim 768, 12 heads, 224x224 images, 1000 classes (86M parameters)."""
-
-    def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, image: int = 224, patch: int = 16) -> None:
-        super().__init__()
-        self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, (image // patch) ** 2 + 1, dim))
-        self.blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
-        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 1000)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
-        return self.head(self.norm(self.blocks(x))[:, 0])
 
 
 def _vmrss() -> float:
@@ -91,11 +47,11 @@ def measure(model_name: str, release: bool) -> dict[str, float | str | bool]:
     """Build the graph once in this process and report time and memory."""
     import lightning_prune.pruner as pruner_module
     from lightning_prune.attention import attention_kwargs
-    from lightning_prune.models import resnet50
+    from lightning_prune.models import VisionTransformer, resnet50
     from lightning_prune.pruner import ChannelPruner, find_output_layers
 
     torch.manual_seed(0)
-    model = resnet50(num_classes=1000) if model_name == "resnet50" else ViT()
+    model = resnet50(num_classes=1000) if model_name == "resnet50" else VisionTransformer()
     inputs = torch.randn(1, 3, 224, 224)
     output_layers = [model.get_submodule(n) for n in find_output_layers(model, inputs)]
     if not release:

@@ -10,6 +10,8 @@ import torch_pruning as tp
 from conftest import PlainNet, ResidualNet, conv_bn
 from torch import nn
 
+from lightning_prune.models import VisionTransformer
+
 __all__ = ["PlainNet", "ResidualNet"]
 
 
@@ -142,55 +144,9 @@ class ConvNeXtNet(nn.Module):
         return self.fc(self.norm(self.blocks(self.stem(x)).mean((2, 3))))
 
 
-class Attention(nn.Module):
-    """timm-style attention with its own qkv Linear and stored ``num_heads``/``head_dim``."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, torch_mha: bool) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.torch_mha = torch_mha
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True) if torch_mha else Attention(dim, heads)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm1(x)
-        x = x + (self.attn(y, y, y, need_weights=False)[0] if self.torch_mha else self.attn(y))
-        return x + self.mlp(self.norm2(x))
-
-
-class ViT(nn.Module):
-    """A small ViT: 4x4 patches, class token, position embedding, ``depth`` blocks, linear head."""
-
-    def __init__(
-        self, num_classes: int = 4, dim: int = 32, depth: int = 2, heads: int = 4, torch_mha: bool = False,
-        image: int = 16, patch: int = 4,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(*[Block(dim, heads, torch_mha) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
-        return self.head(self.norm(self.blocks(x))[:, 0])
+def ViT(num_classes: int = 4, torch_mha: bool = False) -> VisionTransformer:  # noqa: N802 - a model
+    """A small ViT: 4x4 patches of 16x16 images, dim 32, 2 blocks of 4 heads, MLP ratio 2."""
+    return VisionTransformer(num_classes, dim=32, depth=2, heads=4, image=16, patch=4, mlp_ratio=2, torch_mha=torch_mha)
 
 
 class TwoInputDictNet(nn.Module):
