@@ -397,7 +397,27 @@ def _loader(
     )
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class _SplitDataModule(pl.LightningDataModule):
+    """Loaders over ``train_dataset`` and ``val_dataset`` (the test loader is the validation loader); training
+    batches are shuffled with ``seed``."""
+
+    train_dataset: Dataset
+    val_dataset: Dataset
+    batch_size: int
+    num_workers: int
+    seed: int
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self.train_dataset, self.batch_size, self.num_workers, shuffle_seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return _loader(self.val_dataset, self.batch_size, self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class DigitsDataModule(_SplitDataModule):
     """scikit-learn's 1,797 handwritten digits (8x8, bundled with scikit-learn, so fully offline).
 
     Pixels (0..16) are scaled to [0, 1], upsampled bilinearly to ``size`` x ``size``, repeated to ``channels``
@@ -454,15 +474,6 @@ class DigitsDataModule(pl.LightningDataModule):
         self.train_dataset = TensorDataset(images[self.train_indices], labels[self.train_indices])
         self.val_dataset = TensorDataset(images[self.val_indices], labels[self.val_indices])
 
-    def train_dataloader(self) -> DataLoader:
-        return _loader(self.train_dataset, self.batch_size, self.num_workers, shuffle_seed=self.seed)
-
-    def val_dataloader(self) -> DataLoader:
-        return _loader(self.val_dataset, self.batch_size, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
 
 def _has_files(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
@@ -474,7 +485,7 @@ def _read_stems(listing: Path) -> list[str]:
     return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
 
 
-class PetsDataModule(pl.LightningDataModule):
+class PetsDataModule(_SplitDataModule):
     """Oxford-IIIT Pet: 7,349 photos of 37 cat and dog breeds, as cat-vs-dog or as breeds.
 
     ``task="binary"``: the fastai convention, class 1 = cat (file names of cat breeds start with a capital
@@ -622,11 +633,3 @@ class PetsDataModule(pl.LightningDataModule):
             return int(stem[0].isupper())
         return self.classes.index(stem.rsplit("_", 1)[0])
 
-    def train_dataloader(self) -> DataLoader:
-        return _loader(self.train_dataset, self.batch_size, self.num_workers, shuffle_seed=self.seed)
-
-    def val_dataloader(self) -> DataLoader:
-        return _loader(self.val_dataset, self.batch_size, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
