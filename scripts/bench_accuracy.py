@@ -5,15 +5,14 @@ Arms (all train ``--epochs`` epochs in total, same optimizer, same data order pe
 
 - ``dense``: no pruning.
 - ``ours/<schedule>/<criterion>``: :class:`~lightning_prune.PruningCallback` pruning from epoch
-  ``--prune-start`` to ``--prune-end`` (global ranking), at channel ratios calibrated on the trained dense
-  model to give about 1.5x, 2x and 3x fewer MACs (``budget.search_channel_ratio``, per criterion; the
-  ``taylor`` calibration uses gradients summed over one epoch, as the callback does). A ``target="macs"``
-  budget would do this inside the callback, but not with ``taylor`` (the set-up search has no gradients),
-  so ratios are used throughout.
+  ``--prune-start`` to ``--prune-end`` (global ranking) to a MACs budget of 1/1.5, 1/2 and 1/3 of dense
+  (``target="macs"``: the callback searches the channel ratio at every pruning epoch, so every arm ends
+  within one pruning granule below the level, whatever its criterion ranks).
 - ``modelpruning/l1_unstructured`` and ``modelpruning/ln_structured``: Lightning's ``ModelPruning``, applied
   once at ``--prune-start``'s epoch end and made permanent at the end. Unstructured: the same number of
-  weights as our l2 arm removes (global magnitude). Structured: L2 norm over conv output channels, the same
-  channel share as our l2 arm, ``parameters_to_prune`` restricted to conv weights; its default (every
+  weights as an l2 channel pruning of the trained dense model to the level removes (global magnitude; the
+  channel ratio calibrated with ``budget.search_channel_ratio``). Structured: L2 norm over conv output
+  channels, that same channel share, ``parameters_to_prune`` restricted to conv weights; its default (every
   module's ``weight``) fails on BatchNorm's 1-D weights: the error is recorded in the JSON
   (``modelpruning_default_error``). Masks leave shapes, MACs and latency as dense.
 - ``prune_once/l2``: torch-pruning alone, the usual workflow: train ``--prune-end + 1`` epochs dense, prune
@@ -129,11 +128,11 @@ def fill_grads(model: nn.Module, data: DigitsDataModule) -> None:
 
 
 # -- arms ------------------------------------------------------------------------------------------
-def fit_ours(args, data, seed, schedule, criterion, ratio, optimizer_state="slice") -> ClassifierModule:
+def fit_ours(args, data, seed, schedule, criterion, macs_budget, optimizer_state="slice") -> ClassifierModule:
     pl.seed_everything(seed, verbose=False)
     module = make_module(make_model(args), args)
     callback = PruningCallback(
-        ratio=ratio, schedule=schedule, criterion=criterion, start_epoch=args.prune_start,
+        target="macs", budget=macs_budget, schedule=schedule, criterion=criterion, start_epoch=args.prune_start,
         end_epoch=args.prune_end, example_inputs=example(args), verbose=False, optimizer_state=optimizer_state,
     )
     trainer(args, args.epochs, [callback]).fit(module, datamodule=data)
@@ -280,13 +279,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           {lv: {c: round(v["ratio"], 3) for c, v in cal.items()} for lv, cal in calibration.items()}, flush=True)
     reference = "l2" if "l2" in args.criteria else args.criteria[0]
 
-    for level in args.levels:
+    for level, fraction in args.levels.items():
         for schedule in args.schedules:
             for criterion in args.criteria:
-                ratio = calibration[level][criterion]["ratio"]
                 arm(f"ours/{schedule}/{criterion}", "ours", level,
-                    lambda s, sc=schedule, c=criterion, r=ratio: fit_ours(args, data, s, sc, c, r),
-                    {"schedule": schedule, "criterion": criterion, "channel_ratio": ratio})
+                    lambda s, sc=schedule, c=criterion, f=fraction: fit_ours(args, data, s, sc, c, f),
+                    {"schedule": schedule, "criterion": criterion, "macs_budget": fraction})
         ref = calibration[level][reference]
         for kind in ("l1_unstructured", "ln_structured"):
             amount = 1.0 - ref["params_ratio"] if kind == "l1_unstructured" else ref["ratio"]
@@ -297,8 +295,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if level in args.ablation_levels:
             for schedule in args.ablation_schedules:
                 arm(f"ablation/reset/{schedule}", "ablation_reset", level,
-                    lambda s, sc=schedule, r=ref["ratio"]: fit_ours(args, data, s, sc, reference, r, "reset"),
-                    {"schedule": schedule, "criterion": reference, "channel_ratio": ref["ratio"]})
+                    lambda s, sc=schedule, f=fraction: fit_ours(args, data, s, sc, reference, f, "reset"),
+                    {"schedule": schedule, "criterion": reference, "macs_budget": fraction})
 
     config = {k: v for k, v in vars(args).items() if k != "out"}
     return {
