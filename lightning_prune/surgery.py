@@ -6,10 +6,10 @@ tensors, and its per-parameter state (momentum, Adam moments) no longer matches 
 and Lightning offer nothing for this, so we write it here.
 
 How entries are tracked, for any layer type (custom pruners and unwrapped parameters included): just before
-a group is pruned, each touched parameter temporarily holds its own flat entry indices as float64 (exact up
-to 2**53 entries). Pruning functions only select and concatenate entries, so afterwards each new parameter
-holds the indices of the entries it kept; the real values, gradients and optimizer state are then gathered
-with those indices.
+a group is pruned, each touched parameter temporarily holds its own flat entry indices as floats (float32,
+exact up to 2**24 entries, or float64 for larger parameters, exact up to 2**53). Pruning functions only
+select and concatenate entries, so afterwards each new parameter holds the indices of the entries it kept;
+the real values, gradients and optimizer state are then gathered with those indices.
 
 >>> import torch
 >>> lin = torch.nn.Linear(3, 4)
@@ -71,15 +71,27 @@ class ParameterTracker:
         self._values: dict[str, torch.Tensor] = {}  # name -> its values then
         self._grads: dict[str, torch.Tensor | None] = {}
         self._index: dict[str, torch.Tensor] = {}  # name -> flat indices into _values, shaped like now
+        # Pruning replaces parameters, never modules: where each parameter lives is looked up once, not per
+        # group (a ResNet-50 prunes dozens of groups per step).
+        self._where: dict[str, tuple[nn.Module, str]] = {}
+        self._names_of_module: dict[int, list[str]] = {}
+        for name, _ in model.named_parameters(remove_duplicate=False):
+            owner, attr = _owner_and_attr(model, name)
+            self._where[name] = (owner, attr)
+            self._names_of_module.setdefault(id(owner), []).append(name)
+
+    def _param(self, name: str) -> nn.Parameter:
+        owner, attr = self._where[name]
+        return owner._parameters[attr]
 
     def _names_owned_by(self, owners: Iterable[object]) -> list[str]:
-        owner_ids = {id(o) for o in owners}
-        names = []
-        for name, param in self.model.named_parameters(remove_duplicate=False):
-            owner, _ = _owner_and_attr(self.model, name)
-            if id(owner) in owner_ids or id(param) in owner_ids:
-                names.append(name)
-        return names
+        names: list[str] = []
+        for owner in owners:
+            if isinstance(owner, nn.Module):
+                names.extend(self._names_of_module.get(id(owner), []))
+            else:  # a bare parameter (torch-pruning's unwrapped_parameters)
+                names.extend(n for n in self._where if self._param(n) is owner)
+        return list(dict.fromkeys(names))
 
     def apply(self, prune: Callable[[], object], owners: Iterable[object]) -> None:
         """Run ``prune()``, tracking the parameters of ``owners``.
@@ -87,23 +99,23 @@ class ParameterTracker:
         ``owners`` are the modules (or bare parameters) whose parameters the prune may replace.
         """
         names = self._names_owned_by(owners)
-        params = dict(self.model.named_parameters(remove_duplicate=False))
         for name in names:
-            param = params[name]
+            param = self._param(name)
             if name not in self._start:
                 self._start[name] = param
                 self._values[name] = param.detach().clone()
                 self._grads[name] = None if param.grad is None else param.grad.detach().clone()
                 self._index[name] = torch.arange(param.numel(), device=param.device).reshape(param.shape)
             param.grad = None
-            param.data = self._index[name].to(torch.float64)
+            # float32 holds every integer up to 2**24 exactly, float64 up to 2**53; float32 is cheaper to move
+            exact = torch.float32 if self._values[name].numel() <= 2**24 else torch.float64
+            param.data = self._index[name].to(exact)
         try:
             prune()
         finally:
-            params = dict(self.model.named_parameters(remove_duplicate=False))
             for name in names:
-                param = params[name]
-                self._index[name] = param.detach().to(torch.int64).clone()
+                param = self._param(name)
+                self._index[name] = param.detach().to(torch.int64)  # a new tensor: the dtype changes
                 values = self._values[name]
                 param.data = values.reshape(-1)[self._index[name].reshape(-1)].reshape(param.shape)
                 grad = self._grads[name]

@@ -115,3 +115,21 @@ def test_state_of_another_shape_is_reset_with_a_warning():
     with pytest.warns(UserWarning, match="reset"):
         remap_optimizer(optimizer, [ParameterChange("p", p, q, torch.tensor([0, 1]))])
     assert q not in optimizer.state and optimizer.param_groups[0]["params"][0] is q
+
+
+@pytest.mark.parametrize("in_features", [16, 4097])  # 4096 x 4097 entries: more than float32 counts exactly
+def test_the_kept_entries_are_tracked_exactly_in_small_and_large_parameters(in_features):
+    lin = nn.Linear(in_features, 4096, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.arange(lin.weight.numel(), dtype=torch.float64).reshape(lin.weight.shape))
+    expected = lin.weight.detach().clone()
+    tracker = ParameterTracker(lin)
+    keep = torch.tensor([0, 4095])
+
+    def drop_rows(m):
+        m.weight = nn.Parameter(m.weight.data[keep].clone())
+
+    tracker.apply(lambda: drop_rows(lin), owners=[lin])
+    (change,) = tracker.changes()
+    assert torch.equal(change.index, torch.arange(expected.numel()).reshape(expected.shape)[keep])
+    assert torch.equal(lin.weight.data, expected[keep])
