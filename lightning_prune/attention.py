@@ -78,9 +78,10 @@ def attention_kwargs(model: nn.Module, pruner_kwargs: Mapping[str, object]) -> d
     return kwargs
 
 
-def aim_head_pruning(base_pruner: object, fraction: float) -> None:
-    """Aim torch-pruning's whole-head pruning (``prune_num_heads=True``) so that the next step leaves
-    ``head_pruning_ratio * fraction`` of the ORIGINAL heads removed, ``fraction`` being the schedule's value.
+def aim_head_pruning(base_pruner: object, fraction: float, enabled: bool, final_ratio: float) -> None:
+    """Aim torch-pruning's whole-head pruning so that the next step leaves ``final_ratio * fraction`` of the
+    ORIGINAL heads removed, ``fraction`` being the schedule's value; ``enabled`` and ``final_ratio`` are the
+    ``prune_num_heads`` and ``head_pruning_ratio`` the pruner was built with.
 
     torch-pruning 1.6 applies ``head_pruning_ratio`` at every step: in local scope to the heads left (so
     repeated steps compound: 4 heads -> 2 -> 1), and in global scope it fails with ``UnboundLocalError:
@@ -88,9 +89,6 @@ def aim_head_pruning(base_pruner: object, fraction: float) -> None:
     head pruning is switched off for a step with nothing to remove. ``fraction=0`` switches it off.
     """
     base: Any = base_pruner
-    if not hasattr(base, "_lp_head_pruning"):
-        base._lp_head_pruning = bool(base.prune_num_heads), float(base.head_pruning_ratio)
-    enabled, final_ratio = base._lp_head_pruning
     wanted = final_ratio * fraction
     layers = [m for m in base.init_num_heads if m in base.num_heads]
     if not enabled or not layers or wanted <= 0:

@@ -18,14 +18,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from .attention import aim_head_pruning, attention_kwargs
+from .attention import attention_kwargs
 from .budget import (
     BUDGET_TARGETS,
     TARGETS,
     BudgetSearch,
     BudgetTracker,
     intermediate_budget,
-    make_metric,
     resolve_ratio_overrides,
 )
 from .checkpoint import RECORD_KEY, RestructureOnLoad, make_record
@@ -373,13 +372,12 @@ class PruningCallback(Callback):
             f"{output_layers}; pruning to {goal} over epochs {self.start_epoch}..{self._end_epoch}"
         )
         self._n_kept = len(ignored)
-        if self.budget is not None:
-            self._budget = BudgetTracker(self.target, self.budget, inputs, strategy=trainer.strategy)
-            if self.target in ("macs", "params"):  # device-independent: resolve now; latency at fit start
-                self._resolve_budget(pl_module)
+        if self.target in ("macs", "params"):  # device-independent: resolve now; latency at fit start
+            self._resolve_budget(trainer, pl_module)
 
-    def _resolve_budget(self, pl_module: pl.LightningModule) -> None:
-        assert self.pruner is not None and self._budget is not None
+    def _resolve_budget(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.pruner is not None and self.budget is not None
+        self._budget = BudgetTracker(self.target, self.budget, self._inputs, strategy=trainer.strategy)
         hint = f" and ratio_overrides={self.ratio_overrides}" if self.ratio_overrides else ""
         self._budget.resolve(self.pruner, pl_module, self._overrides_at(1.0), n_kept=self._n_kept, hint=hint)
         plan = self._budget.plan
@@ -402,9 +400,8 @@ class PruningCallback(Callback):
         # the checkpoint (if any) is restored and the strategy has moved the model to its device by now
         self._remove_load_hook()
         self._inputs = to_device(self._inputs, pl_module.device)
-        if self.pruner is not None and self._budget is not None and self.target == "latency":
-            self._budget.metric = make_metric("latency", self._inputs)  # measured on the training device
-            self._resolve_budget(pl_module)
+        if self.pruner is not None and self.target == "latency":  # measured on the training device
+            self._resolve_budget(trainer, pl_module)
 
     def _remove_load_hook(self) -> None:
         if self._load_hook is not None:
@@ -488,7 +485,7 @@ class PruningCallback(Callback):
         back to their state before the step and :class:`~lightning_prune.rollback.PruningStepError` names the
         step and the first group that breaks the model on its own."""
         assert self.pruner is not None
-        aim_head_pruning(self.pruner._pruner, fraction)  # whole attention heads, if asked, on the schedule
+        self.pruner.aim_heads(fraction)  # whole attention heads, if asked, on the schedule
         snapshot = Snapshot.take(self.pruner, trainer.optimizers)
         pruned_ratio, done = self.pruned_ratio, len(self.pruner.history())
         try:

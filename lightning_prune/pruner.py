@@ -235,7 +235,9 @@ class ChannelPruner:
                 **pruner_kwargs,
             )
         self.graph = self._pruner.DG
-        aim_head_pruning(self._pruner, 0.0)  # whole heads go only when a caller aims it (PruningCallback)
+        # torch-pruning re-applies head_pruning_ratio at every step; it is re-aimed per step (aim_heads)
+        self._head_pruning = bool(self._pruner.prune_num_heads), float(self._pruner.head_pruning_ratio)
+        self.aim_heads(0.0)  # whole heads go only when a caller aims it (PruningCallback)
         release_autograd(self.graph)  # the traced activations are not needed once the graph is built
         self.build_seconds = time.perf_counter() - started
         self._roots = self._group_roots()
@@ -252,6 +254,11 @@ class ChannelPruner:
         with self.magnitude_stand_in(always=True):
             # layers with their own ratio (pruning_ratio_dict) are held at zero too; prune_to re-aims them
             self.prune_to(0.0, {module: 0.0 for module in self._pruner.pruning_ratio_dict})
+
+    def aim_heads(self, fraction: float) -> None:
+        """With whole-head pruning (``prune_num_heads=True`` in ``pruner_kwargs``), make the next prune leave
+        ``head_pruning_ratio * fraction`` of the original attention heads removed; a no-op otherwise."""
+        aim_head_pruning(self._pruner, fraction, *self._head_pruning)
 
     @contextmanager
     def magnitude_stand_in(self, always: bool = False):

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from .budget import clone_pruner
-from .pruner import ChannelPruner, call_model, output_tensors, preserved_training_modes, replay_history
+from .inputs import shapes
+from .pruner import ChannelPruner, call_model, preserved_training_modes, replay_history
 
 
 class PruningStepError(RuntimeError):
@@ -164,9 +165,9 @@ def forward_check(inputs: object, expected_shapes: list[tuple[int, ...]]) -> Any
     def check(model: nn.Module) -> None:
         with torch.no_grad(), preserved_training_modes(model):
             model.eval()
-            shapes = [tuple(t.shape) for t in output_tensors(call_model(model, inputs))]
-        if shapes != expected_shapes:
-            raise RuntimeError(f"output shapes changed from {expected_shapes} to {shapes}")
+            now = shapes(call_model(model, inputs))
+        if now != expected_shapes:
+            raise RuntimeError(f"output shapes changed from {expected_shapes} to {now}")
 
     return check
 

@@ -6,6 +6,7 @@ the tests with ``scripts/`` put on the path.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import os
@@ -92,13 +93,25 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def human(n: float) -> str:
-    """1234567 -> '1.23M'.
+LATENCY_HEADERS = ["model", "input", "batch", "backend", "context", "round_to", "ratio", "MACs ratio",
+                   "params ratio", "latency ratio (IQR)", "efficiency", "dense ms"]
 
-    >>> human(1234567), human(950)
-    ('1.23M', '950')
-    """
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
+
+def latency_cells(rows: Iterable[dict[str, Any]]) -> list[list[Any]]:
+    """The cells of ``bench_latency.py`` rows under :data:`LATENCY_HEADERS`."""
+    return [[r["model"], r["size"], r["batch"], r["backend"], r["context"], r["round_to"] or "—", r["ratio"],
+             r["macs_ratio"], r["params_ratio"],
+             f"{r['latency_ratio']:.3f} ({r['latency_ratio_q1']:.2f}–{r['latency_ratio_q3']:.2f})",
+             r["efficiency"], f"{r['dense_ms']:.1f}"] for r in rows]
+
+
+def pruned_copy(model: torch.nn.Module, example: torch.Tensor, ratio: float, **pruner_kwargs: Any) -> torch.nn.Module:
+    """A copy of ``model`` with ``ratio`` of its prunable channels removed by ``ChannelPruner`` (its ``fc``
+    head kept), in eval mode; the achieved channel ratio is in its ``channel_ratio`` attribute."""
+    from lightning_prune.pruner import ChannelPruner  # noqa: PLC0415 - keeps the README script light
+
+    pruned = copy.deepcopy(model)
+    pruner = ChannelPruner(pruned, example, ignored_layers=[pruned.fc], **pruner_kwargs)
+    pruner.prune_to(ratio)
+    pruned.channel_ratio = pruner.channel_ratio()
+    return pruned.eval()

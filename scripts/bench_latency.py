@@ -32,11 +32,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import RESULTS_DIR, machine_info, markdown_table, set_threads, write_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    LATENCY_HEADERS,
+    RESULTS_DIR,
+    latency_cells,
+    machine_info,
+    markdown_table,
+    pruned_copy,
+    set_threads,
+    write_json,
+)
 
 from lightning_prune.latency import pairwise_latencies, pairwise_ratio  # noqa: E402
 from lightning_prune.models import resnet18, resnet50, small_cnn  # noqa: E402
-from lightning_prune.pruner import ChannelPruner  # noqa: E402
 from lightning_prune.report import count_macs_params  # noqa: E402
 
 MODELS = {"resnet18": resnet18, "resnet50": resnet50, "small_cnn": lambda num_classes: small_cnn(num_classes, width=8)}
@@ -45,22 +53,6 @@ NUM_CLASSES = 37  # Oxford-IIIT Pets
 
 def parse_round_to(text: str) -> int | None:
     return None if text.lower() in ("none", "0", "1") else int(text)
-
-
-def prune_copy(dense: torch.nn.Module, ratio: float, context: str, round_to: int | None) -> torch.nn.Module:
-    """A pruned copy of ``dense`` (``ratio`` of its prunable channels removed, the classifier kept)."""
-    model = copy.deepcopy(dense)
-    pruner = ChannelPruner(
-        model,
-        torch.zeros(1, 3, 64, 64),
-        importance="l2",
-        global_pruning=context == "global",
-        ignored_layers=[model.fc],
-        round_to=round_to,
-    )
-    pruner.prune_to(ratio)
-    model.channel_ratio = pruner.channel_ratio()  # type: ignore[attr-defined]
-    return model.eval()
 
 
 def n_pairs(dense: Any, inputs: torch.Tensor, seconds: float, lo: int, hi: int) -> int:
@@ -99,6 +91,18 @@ def try_compile(model: torch.nn.Module, inputs: torch.Tensor) -> tuple[Any, str 
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
 
 
+def runnable(model: torch.nn.Module, backend: str, inputs: torch.Tensor, label: str, errors: list[str]) -> Any:
+    """A copy of ``model`` on the inputs' device, compiled for ``backend="compile"``; None (and the error
+    recorded) when compiling fails here."""
+    copied = copy.deepcopy(model).to(inputs.device)
+    if backend != "compile":
+        return copied
+    compiled, err = try_compile(copied, inputs)
+    if err:
+        errors.append(f"torch.compile {label}: {err}")
+    return compiled
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = set_threads(args.threads)
     torch.manual_seed(0)
@@ -110,7 +114,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.models:
         dense = MODELS[name](num_classes=NUM_CLASSES).eval()
         variants = {
-            (context, round_to, ratio): prune_copy(dense, ratio, context, round_to)
+            (context, round_to, ratio): pruned_copy(
+                dense, torch.zeros(1, 3, 64, 64), ratio, global_pruning=context == "global", round_to=round_to
+            )
             for context in args.contexts
             for round_to in args.round_to
             for ratio in args.ratios
@@ -125,21 +131,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         continue
                     device = "cuda" if backend == "cuda" else "cpu"
                     inputs = torch.randn(batch, 3, size, size, device=device)
-                    dense_run: Any = copy.deepcopy(dense).to(device)
-                    if backend == "compile":
-                        dense_run, err = try_compile(dense_run, inputs)
-                        if err:
-                            errors.append(f"torch.compile {name}: {err}")
-                            continue
+                    dense_run = runnable(dense, backend, inputs, f"{name}", errors)
+                    if dense_run is None:
+                        continue
                     for (context, round_to, ratio), model in variants.items():
                         if backend == "compile" and ratio not in args.compile_ratios:
                             continue
-                        pruned: Any = copy.deepcopy(model).to(device)
-                        if backend == "compile":
-                            pruned, err = try_compile(pruned, inputs)
-                            if err:
-                                errors.append(f"torch.compile {name} pruned: {err}")
-                                continue
+                        pruned = runnable(model, backend, inputs, f"{name} pruned", errors)
+                        if pruned is None:
+                            continue
                         macs, params = counts[(context, round_to, ratio)]
                         row = {
                             "model": name,
@@ -182,21 +182,8 @@ def at_fraction(rows: list[dict[str, Any]], macs: float) -> list[dict[str, Any]]
     return list(best.values())
 
 
-HEADERS = ["model", "input", "batch", "backend", "context", "round_to", "ratio", "MACs", "params",
-           "latency (IQR)", "efficiency", "dense ms"]
-
-
 def table(rows: list[dict[str, Any]]) -> str:
-    return markdown_table(
-        HEADERS,
-        [
-            [r["model"], r["size"], r["batch"], r["backend"], r["context"], r["round_to"] or "—", r["ratio"],
-             r["macs_ratio"], r["params_ratio"],
-             f"{r['latency_ratio']:.3f} ({r['latency_ratio_q1']:.2f}–{r['latency_ratio_q3']:.2f})",
-             r["efficiency"], f"{r['dense_ms']:.1f}"]
-            for r in rows
-        ],
-    )
+    return markdown_table(LATENCY_HEADERS, latency_cells(rows))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

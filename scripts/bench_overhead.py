@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import RESULTS_DIR, machine_info, markdown_table, set_threads, write_json  # noqa: E402
+from bench_common import RESULTS_DIR, machine_info, markdown_table, pruned_copy, set_threads, write_json  # noqa: E402
 
 from lightning_prune import PruningCallback  # noqa: E402
 from lightning_prune.data import DigitsDataModule  # noqa: E402
@@ -74,12 +74,6 @@ class TimedPruningCallback(PruningCallback):
                 self.hook_times[hook].append(time.perf_counter() - start)
 
         return wrapper
-
-
-def prune_copy(model: torch.nn.Module, ratio: float, example: torch.Tensor) -> torch.nn.Module:
-    pruned = copy.deepcopy(model)
-    ChannelPruner(pruned, example, ignored_layers=[pruned.fc]).prune_to(ratio)
-    return pruned
 
 
 def event_breakdown(dense: torch.nn.Module, example: torch.Tensor, ratio: float) -> dict[str, float]:
@@ -129,7 +123,7 @@ def bench_model(name: str, data: DigitsDataModule, args) -> dict[str, Any]:
         start = time.perf_counter()
         pruner.prune_to(args.ratio * k / 4)
         steps.append(time.perf_counter() - start)
-    final = prune_copy(dense, args.ratio, example)
+    final = pruned_copy(dense, example, args.ratio)
     dense_macs = count_macs_params(dense, example)[0]
     breakdown = event_breakdown(dense, example, args.ratio)
 

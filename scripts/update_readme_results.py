@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import RESULTS_DIR, fmt, markdown_table  # noqa: E402
+from bench_common import LATENCY_HEADERS, RESULTS_DIR, fmt, latency_cells, markdown_table  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,17 +137,6 @@ def accuracy_section(acc: dict[str, Any]) -> tuple[str, list[list[str]]]:
 
 
 # -- latency -------------------------------------------------------------------------------------------
-def latency_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[r["model"], r["size"], r["batch"], r["backend"], r["context"], r["round_to"] or "—", r["ratio"],
-             r["macs_ratio"], r["params_ratio"],
-             f"{r['latency_ratio']:.3f} ({r['latency_ratio_q1']:.2f}–{r['latency_ratio_q3']:.2f})",
-             r["efficiency"], f"{r['dense_ms']:.1f}"] for r in rows]
-
-
-LAT_HEADERS = ["model", "input", "batch", "backend", "context", "round_to", "ratio", "MACs ratio", "params ratio",
-               "latency ratio (IQR)", "efficiency", "dense ms"]
-
-
 def interpolated_latency(rows: list[dict[str, Any]], setting: dict[str, Any], macs: float = 0.5) -> float | None:
     """Latency ratio at MACs ratio ``macs`` for the setting of ``setting`` (model, size, batch, backend,
     context, round_to), linear between the two rows that bracket it; None if no pair brackets it.
@@ -171,9 +160,9 @@ def latency_section(lat: dict[str, Any]) -> tuple[str, list[list[str]]]:
            "with the dense model after warm-up in inference mode; latency ratio = median of the pairwise "
            "pruned/dense ratios (quartiles in brackets); efficiency = MACs ratio / latency ratio.\n",
            "**Rows closest to 2x fewer MACs**\n",
-           markdown_table(LAT_HEADERS, latency_rows(lat["at_2x"])) + "\n",
+           markdown_table(LATENCY_HEADERS, latency_cells(lat["at_2x"])) + "\n",
            "<details><summary>All rows</summary>\n",
-           markdown_table(LAT_HEADERS, latency_rows(lat["rows"])) + "\n",
+           markdown_table(LATENCY_HEADERS, latency_cells(lat["rows"])) + "\n",
            "</details>\n"]
     groups: dict[tuple, list[float]] = {}
     for r in lat["rows"]:
