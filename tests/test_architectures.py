@@ -115,6 +115,8 @@ def check_pruned_run(module: Lit, probe: Probe, callback: PruningCallback) -> fl
     assert probe.macs[1] < dense_macs and probe.macs[2] < probe.macs[1], probe.macs
     assert probe.macs[-1] == probe.macs[2]
     assert len(callback.events) == 2 and callback.pruned_ratio == pytest.approx(0.5)
+    # about half of the prunable channels really went (as achieved and logged, not as scheduled)
+    assert 0.35 <= callback.events[-1]["prune/ratio"] <= 0.65, callback.events[-1]["prune/ratio"]
     # training continues after the last prune, and the loss keeps decreasing
     epoch_loss = [sum(losses) / len(losses) for losses in module.losses]
     assert epoch_loss[3] < epoch_loss[2], epoch_loss
@@ -135,6 +137,17 @@ def test_pattern_prunes_and_keeps_training(pattern: str, context: str) -> None:
     ratio = check_pruned_run(module, probe, callback)
     RESULTS.setdefault(pattern, {})[context] = ratio
     _dump_results()
+
+
+def test_global_ranking_differs_from_local_pruning() -> None:
+    # local cuts every layer by the ratio; global ranks channels across layers, so the same channel ratio
+    # lands on other layers and gives another model
+    ratios = {}
+    for context in ("local", "global"):
+        module = Lit(archs.ViT(torch_mha=True), lr=3e-3)
+        fit(module, PruningCallback(ratio=0.5, schedule="iterative", context=context, end_epoch=1, verbose=False))
+        ratios[context] = count_macs_params(module.net, torch.zeros(1, 3, 16, 16))[0]
+    assert abs(ratios["local"] - ratios["global"]) > 0.1 * max(ratios.values()), ratios
 
 
 def _dump_results() -> None:
@@ -241,7 +254,7 @@ class Before(pl.Callback):
         self.opt_state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
 
 
-def test_a_prune_that_breaks_the_forward_pass_is_rolled_back_and_named() -> None:
+def test_a_prune_that_breaks_the_forward_pass_is_rolled_back_and_named(tmp_path) -> None:
     net = archs.HiddenFixedViewNet()
     module = Lit(net)
     assert find_unsafe_ops(net, torch.zeros(1, 3, 16, 16)) == []  # the static check misses it
@@ -253,7 +266,9 @@ def test_a_prune_that_breaks_the_forward_pass_is_rolled_back_and_named() -> None
         def on_save_checkpoint(self, *args: object) -> None:
             checkpoints.append(args)
 
-    trainer = quiet_trainer(max_epochs=3, callbacks=[before, callback, Saver()])
+    trainer = quiet_trainer(
+        max_epochs=3, enable_checkpointing=True, default_root_dir=tmp_path, callbacks=[before, callback, Saver()]
+    )
     with pytest.raises(PruningStepError) as info:
         trainer.fit(module, learnable_loader())
     message = str(info.value)
@@ -270,7 +285,7 @@ def test_a_prune_that_breaks_the_forward_pass_is_rolled_back_and_named() -> None
     assert callback.pruner.history() == [] and callback.pruned_ratio == 0.0
     assert net.conv.out_channels == 8 and net.fc.in_features == 8
     assert module(torch.randn(2, 3, 16, 16)).shape == (2, NUM_CLASSES)  # still runs
-    assert checkpoints == []  # never saved
+    assert checkpoints == [] and not list(tmp_path.rglob("*.ckpt"))  # never saved
 
 
 # -- custom layers ----------------------------------------------------------------------------------------
@@ -281,7 +296,11 @@ def test_custom_layer_is_pruned_through_its_registered_pruner() -> None:
         ratio=0.5, schedule="iterative", context="local", end_epoch=1, verbose=False,
         pruner_kwargs={"customized_pruners": {archs.ChannelScale: archs.ChannelScalePruner()}},
     )  # fmt: skip
-    probe = fit(module, callback)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe = fit(module, callback)
+    # the registered pruner handled the layer: torch-pruning did not fall back to treating it as unknown
+    assert not [w for w in caught if "Unwrapped parameters detected" in str(w.message)]
     assert net.conv1.out_channels == 8 and net.scale.scale.numel() == 8  # the custom layer followed its producer
     check_pruned_run(module, probe, callback)
 

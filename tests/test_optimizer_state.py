@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import PlainNet, quiet_trainer, random_loader
@@ -9,14 +10,24 @@ from conftest import PlainNet, quiet_trainer, random_loader
 from lightning_prune import ClassifierModule, PruningCallback
 
 
+class StateBeforePrune(pl.Callback):
+    """Records each parameter's AdamW state by name at the last epoch end, before PruningCallback prunes."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = trainer.optimizers[0].state
+        self.state = {n: {k: v.clone() for k, v in state[p].items()} for n, p in pl_module.named_parameters()}
+
+
 def fit_pruning_at_the_end(optimizer_state: str) -> tuple[ClassifierModule, torch.optim.Optimizer]:
     module = ClassifierModule(PlainNet(), num_classes=4)
     before = {name: p.shape for name, p in module.named_parameters()}
     callback = PruningCallback(ratio=0.5, schedule="one_shot", start_epoch=1, verbose=False,
                                optimizer_state=optimizer_state)
-    trainer = quiet_trainer(max_epochs=2, callbacks=[callback])
+    recorder = StateBeforePrune()
+    trainer = quiet_trainer(max_epochs=2, callbacks=[recorder, callback])
     trainer.fit(module, random_loader())  # the prune happens after the last optimizer step
     module.shapes_before = before
+    module.state_before = recorder.state
     return module, trainer.optimizers[0]
 
 
@@ -24,13 +35,19 @@ def fit_pruning_at_the_end(optimizer_state: str) -> tuple[ClassifierModule, torc
 def test_pruned_parameters_keep_sliced_state_or_start_afresh(optimizer_state):
     module, optimizer = fit_pruning_at_the_end(optimizer_state)
     pruned = [p for name, p in module.named_parameters() if p.shape != module.shapes_before[name]]
+    pruned_names = [name for name, p in module.named_parameters() if p.shape != module.shapes_before[name]]
     untouched = [p for name, p in module.named_parameters() if p.shape == module.shapes_before[name]]
     assert pruned and untouched
     for param in untouched:
         assert param in optimizer.state
-    for param in pruned:
+    for name, param in zip(pruned_names, pruned):
         if optimizer_state == "slice":
-            assert optimizer.state[param]["exp_avg"].shape == param.shape
+            state, old = optimizer.state[param], module.state_before[name]
+            assert state["exp_avg"].shape == param.shape
+            # the kept entries' moments, not fresh ones: every value is one the parameter had before the prune
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.isin(state[key].flatten(), old[key].flatten()).all(), (name, key)
+            assert state["exp_avg"].abs().sum() > 0 and torch.equal(state["step"], old["step"])
         else:
             assert param not in optimizer.state
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in module.parameters()}
