@@ -9,7 +9,7 @@ exactly; then the weights load as usual. Everything in the record is plain data 
 load with ``torch.load(path, weights_only=True)``.
 
 >>> import torch
->>> from lightning_prune.pruner import ChannelPruner
+>>> from lightning_prune.engine.pruner import ChannelPruner
 >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1))
 >>> pruner = ChannelPruner(net, torch.zeros(1, 3, 4, 4), ignored_layers=[net[2]])
 >>> _ = pruner.prune_to(0.5)
@@ -31,7 +31,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .pruner import ChannelPruner, plain_history, preserved_training_modes, replay_history, traceable
+from .engine.compat import preserved_training_modes, traceable
+from .engine.inputs import map_tensors
+from .engine.pruner import ChannelPruner, plain_history, replay_history
+from .lightning_compat import loaded_checkpoint
 
 RECORD_KEY = "lightning_prune"
 RECORD_VERSION = 1
@@ -46,18 +49,8 @@ def make_record(history: Sequence[Sequence], example_inputs: Any) -> dict[str, A
     return {
         "version": RECORD_VERSION,
         "history": plain_history(history),
-        "example_inputs": _to_cpu(example_inputs),
+        "example_inputs": map_tensors(lambda t: t.detach().cpu(), example_inputs),
     }
-
-
-def _to_cpu(inputs: Any) -> Any:
-    if torch.is_tensor(inputs):
-        return inputs.detach().cpu()
-    if isinstance(inputs, tuple | list):
-        return type(inputs)(_to_cpu(x) for x in inputs)
-    if isinstance(inputs, dict):
-        return {k: _to_cpu(v) for k, v in inputs.items()}
-    return inputs
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -219,7 +212,7 @@ class RestructureOnLoad:
 
     Lightning loads the model's weights before any callback state and hands callbacks no public hook in
     between, so the record is read from the checkpoint that Lightning has just loaded
-    (``trainer._checkpoint_connector._loaded_checkpoint``); ``get_pruner`` returns the fit's pruner, whose
+    (:func:`~lightning_prune.lightning_compat.loaded_checkpoint`); ``get_pruner`` returns the fit's pruner, whose
     dependency graph replays the record. Copies of the module share the hook instead of deep-copying it
     (it refers to the trainer).
 
@@ -238,7 +231,7 @@ class RestructureOnLoad:
         pruner = self.get_pruner()
         if prefix or pruner is None or self.trainer is None:
             return
-        checkpoint = getattr(self.trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
+        checkpoint = loaded_checkpoint(self.trainer)
         record = pruning_record(checkpoint)
         if record is None or record["history"] == pruner.history():
             return

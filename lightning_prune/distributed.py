@@ -33,7 +33,7 @@ path Lightning took at set-up (``_setup_model``, then ``_register_ddp_hooks``), 
 communication hooks apply again. Unless ``init_sync=False`` is given, the ``DistributedDataParallel``
 constructor checks that parameter shapes agree across ranks. It then broadcasts rank 0's parameters and
 buffers, which also re-synchronises the BatchNorm statistics that drifted per rank during the epoch. The
-model is already on its device and :func:`~lightning_prune.surgery.remap_optimizer` has already moved the
+model is already on its device and :func:`~lightning_prune.engine.surgery.remap_optimizer` has already moved the
 optimizers over, so nothing else is set up again.
 
 **Spawned ranks (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``).** Training works as with ``ddp``. At the end
@@ -71,13 +71,13 @@ from lightning.pytorch.strategies import (
     Strategy,
     StrategyRegistry,
 )
-from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.strategies.single_xla import SingleDeviceXLAStrategy
 from lightning.pytorch.strategies.xla import XLAStrategy
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from .pruner import ChannelPruner, PruneStep
+from .engine.pruner import ChannelPruner, PruneStep
+from .lightning_compat import register_state_dict_post_hook, reset_static_graph_delay
 
 try:  # Lightning >= 2.5
     from lightning.pytorch.callbacks import WeightAveraging
@@ -184,7 +184,7 @@ def prune_in_sync(
     plain extra information (a budget search), which every rank gets back. With one process (or no strategy)
     this is ``decide()``. Every rank must call it at the same point, as with any collective. Each rank gets
     back its own :class:`PruneStep`, whose ``changes`` name its own parameter objects, for
-    :func:`~lightning_prune.surgery.remap_optimizer`.
+    :func:`~lightning_prune.engine.surgery.remap_optimizer`.
     """
     if strategy is None or getattr(strategy, "world_size", 1) <= 1:  # SingleDeviceStrategy has no world_size
         return decide()
@@ -213,15 +213,8 @@ def rewrap_ddp(trainer: pl.Trainer) -> bool:
         raise TypeError(f"cannot rebuild the DDP wrapper of strategy {type(strategy).__name__}")
     strategy.model = strategy.lightning_module
     strategy.configure_ddp()  # Lightning's own path: _setup_model (DDP kwargs) and _register_ddp_hooks
-    if hasattr(strategy, "_pl_static_graph_delay_done"):
-        strategy._pl_static_graph_delay_done = False  # the new wrapper has its first static-graph step again
+    reset_static_graph_delay(strategy)  # the new wrapper has its first static-graph step again
     return True
-
-
-def spawns_ranks(trainer: pl.Trainer) -> bool:
-    """Whether the ranks run in processes started by ``fit`` whose results Lightning copies back into the
-    launching process (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``)."""
-    return isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
 
 
 SPAWN_WARNING = (
@@ -246,5 +239,4 @@ def keep_main_process_model(pl_module: torch.nn.Module) -> None:
         if not prefix:  # the root module's call: everything below it has been collected by now
             state_dict.clear()
 
-    register = getattr(pl_module, "register_state_dict_post_hook", None)  # public from torch 2.3
-    (register or pl_module._register_state_dict_hook)(drop_everything)
+    register_state_dict_post_hook(pl_module, drop_everything)

@@ -55,13 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import RESULTS_DIR, machine_info, markdown_table, set_threads, write_json  # noqa: E402
 
 from lightning_prune import PruningCallback  # noqa: E402
-from lightning_prune.budget import search_channel_ratio  # noqa: E402
-from lightning_prune.data import DigitsDataModule  # noqa: E402
-from lightning_prune.latency import pairwise_latencies, pairwise_ratio  # noqa: E402
-from lightning_prune.models import small_cnn  # noqa: E402
-from lightning_prune.module import ClassifierModule  # noqa: E402
-from lightning_prune.pruner import ChannelPruner  # noqa: E402
-from lightning_prune.report import count_macs_params  # noqa: E402
+from lightning_prune.app.data import DigitsDataModule  # noqa: E402
+from lightning_prune.app.models import small_cnn  # noqa: E402
+from lightning_prune.app.module import ClassifierModule  # noqa: E402
+from lightning_prune.engine.budget import search_channel_ratio  # noqa: E402
+from lightning_prune.engine.latency import pairwise_latencies, pairwise_ratio  # noqa: E402
+from lightning_prune.engine.pruner import ChannelPruner  # noqa: E402
+from lightning_prune.engine.report import count_macs_params  # noqa: E402
 
 SCHEDULES = ["one_shot", "iterative", "agp", "one_cycle"]
 CRITERIA = ["l1", "l2", "taylor", "lamp"]

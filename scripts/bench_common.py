@@ -108,7 +108,7 @@ def latency_cells(rows: Iterable[dict[str, Any]]) -> list[list[Any]]:
 def pruned_copy(model: torch.nn.Module, example: torch.Tensor, ratio: float, **pruner_kwargs: Any) -> torch.nn.Module:
     """A copy of ``model`` with ``ratio`` of its prunable channels removed by ``ChannelPruner`` (its ``fc``
     head kept), in eval mode; the achieved channel ratio is in its ``channel_ratio`` attribute."""
-    from lightning_prune.pruner import ChannelPruner  # noqa: PLC0415 - keeps the README script light
+    from lightning_prune.engine.pruner import ChannelPruner  # noqa: PLC0415 - keeps update_benchmark_docs.py light
 
     pruned = copy.deepcopy(model)
     pruner = ChannelPruner(pruned, example, ignored_layers=[pruned.fc], **pruner_kwargs)

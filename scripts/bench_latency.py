@@ -1,7 +1,7 @@
 """Is the pruned model really faster? Dense and pruned ResNets timed side by side (A B A B ...).
 
 For every model, input size, batch size, ranking context (``global``/``local``), ``round_to`` and channel
-ratio, a copy of the dense network is pruned with :class:`~lightning_prune.pruner.ChannelPruner` (``l2``,
+ratio, a copy of the dense network is pruned with :class:`~lightning_prune.engine.pruner.ChannelPruner` (``l2``,
 the head kept), and each row reports:
 
 - ``macs_ratio`` and ``params_ratio`` (pruned / dense; torch-pruning's counter),
@@ -43,9 +43,9 @@ from bench_common import (  # noqa: E402
     write_json,
 )
 
-from lightning_prune.latency import pairwise_latencies, pairwise_ratio  # noqa: E402
-from lightning_prune.models import resnet18, resnet50, small_cnn  # noqa: E402
-from lightning_prune.report import count_macs_params  # noqa: E402
+from lightning_prune.app.models import resnet18, resnet50, small_cnn  # noqa: E402
+from lightning_prune.engine.latency import pairwise_latencies, pairwise_ratio  # noqa: E402
+from lightning_prune.engine.report import count_macs_params  # noqa: E402
 
 MODELS = {"resnet18": resnet18, "resnet50": resnet50, "small_cnn": lambda num_classes: small_cnn(num_classes, width=8)}
 NUM_CLASSES = 37  # Oxford-IIIT Pets

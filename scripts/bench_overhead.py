@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import RESULTS_DIR, machine_info, markdown_table, pruned_copy, set_threads, write_json  # noqa: E402
 
 from lightning_prune import PruningCallback  # noqa: E402
-from lightning_prune.data import DigitsDataModule  # noqa: E402
-from lightning_prune.models import resnet18, resnet50, small_cnn  # noqa: E402
-from lightning_prune.module import ClassifierModule  # noqa: E402
-from lightning_prune.pruner import ChannelPruner  # noqa: E402
-from lightning_prune.report import count_macs_params  # noqa: E402
+from lightning_prune.app.data import DigitsDataModule  # noqa: E402
+from lightning_prune.app.models import resnet18, resnet50, small_cnn  # noqa: E402
+from lightning_prune.app.module import ClassifierModule  # noqa: E402
+from lightning_prune.engine.pruner import ChannelPruner  # noqa: E402
+from lightning_prune.engine.report import count_macs_params  # noqa: E402
 
 MODELS = {"resnet18": resnet18, "resnet50": resnet50, "small_cnn": lambda num_classes: small_cnn(num_classes, width=8)}
 HOOKS = ("setup", "on_fit_start", "on_train_epoch_end", "on_before_optimizer_step", "on_fit_end", "teardown")

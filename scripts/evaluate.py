@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from lightning_prune.app import evaluate
+from lightning_prune.app.run import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

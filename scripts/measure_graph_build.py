@@ -1,11 +1,11 @@
 """Time and memory of building the dependency graph (``ChannelPruner``) on CPU, one-sample inputs.
 
-For resnet50 at 224x224 (``lightning_prune.models``) and a ViT-B-sized model (12 blocks, dim 768, 12 heads,
+For resnet50 at 224x224 (``lightning_prune.app.models``) and a ViT-B-sized model (12 blocks, dim 768, 12 heads,
 16x16 patches at 224x224, timm-style attention with its own qkv Linear: ``models.VisionTransformer``).
 Each measurement runs in a fresh process: the peak RSS increase is the highest RSS sampled every 5 ms during
 the build minus the RSS before it (the model and inputs already allocated); "retained" is the RSS increase
 still held once the build returned, with and without releasing the traced autograd graph
-(:func:`lightning_prune.graph_build.release_autograd`).
+(:func:`lightning_prune.engine.compat.release_autograd`).
 
     python scripts/measure_graph_build.py            # prints a markdown table, writes scripts/results/graph_build.json
 """
@@ -45,10 +45,10 @@ def rss_mib() -> float:
 
 def measure(model_name: str, release: bool) -> dict[str, float | str | bool]:
     """Build the graph once in this process and report time and memory."""
-    import lightning_prune.pruner as pruner_module
-    from lightning_prune.attention import attention_kwargs
-    from lightning_prune.models import VisionTransformer, resnet50
-    from lightning_prune.pruner import ChannelPruner, find_output_layers
+    import lightning_prune.engine.pruner as pruner_module
+    from lightning_prune.app.models import VisionTransformer, resnet50
+    from lightning_prune.engine.attention import attention_kwargs
+    from lightning_prune.engine.pruner import ChannelPruner, find_output_layers
 
     torch.manual_seed(0)
     model = resnet50(num_classes=1000) if model_name == "resnet50" else VisionTransformer()

@@ -6,8 +6,8 @@ Hydra composes conf/train.yaml; the logic lives in lightning_prune.app.
 import hydra
 from omegaconf import DictConfig
 
-from lightning_prune.app import train
-from lightning_prune.config import register_configs
+from lightning_prune.app.config import register_configs
+from lightning_prune.app.run import train
 
 register_configs()
 

@@ -1,4 +1,4 @@
-"""Small networks, one per architecture pattern the callback must prune (tests/test_architectures.py).
+"""Small networks, one per architecture pattern the callback must prune (tests/lightning/test_architectures.py).
 
 Each is a few dozen lines at most and takes 3x16x16 images (the two-input model also a 4-vector).
 """
@@ -10,7 +10,7 @@ import torch_pruning as tp
 from conftest import PlainNet, ResidualNet, conv_bn
 from torch import nn
 
-from lightning_prune.models import VisionTransformer
+from lightning_prune.app.models import VisionTransformer
 
 __all__ = ["PlainNet", "ResidualNet"]
 

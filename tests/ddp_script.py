@@ -19,7 +19,7 @@ For each criterion, every rank writes ``DIR/<criterion>_rank<r>.json`` with thes
 The launching process also writes ``DIR/<criterion>_launcher.json``: digests of the model object it passed
 to ``fit``, before and after ``fit``.
 
-``tests/test_distributed.py`` imports :func:`run` for the single-process reference.
+``tests/lightning/test_distributed.py`` imports :func:`run` for the single-process reference.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import lightning_prune  # noqa: E402
-from lightning_prune import ClassifierModule, PruningCallback  # noqa: E402
+from lightning_prune import PruningCallback  # noqa: E402
+from lightning_prune.app.module import ClassifierModule  # noqa: E402
 
 EPOCHS = 4  # prunes at the end of epochs 0, 1 and 2, then trains one epoch on the pruned model
 END_EPOCH = 2

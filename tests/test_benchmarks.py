@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_prune.latency import pairwise_latencies, pairwise_ratio
+from lightning_prune.engine.latency import pairwise_latencies, pairwise_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -127,7 +127,7 @@ def test_overhead_rows(overhead):
 # -- README ------------------------------------------------------------------------------------------
 def test_update_readme_rewrites_only_between_markers(tmp_path, latency, accuracy, overhead):
     sys.path.insert(0, str(SCRIPTS))
-    import update_readme_results as upd
+    import update_benchmark_docs as upd
 
     results = tmp_path / "results"
     results.mkdir()
@@ -137,7 +137,7 @@ def test_update_readme_rewrites_only_between_markers(tmp_path, latency, accuracy
     readme = tmp_path / "README.md"
     before, after = "# Title\n\nintro text\n\n## Results\n\n", "\n\n## Development\n\nkept\n"
     readme.write_text(f"{before}{upd.START}\nold stuff\n{upd.END}{after}")
-    upd.main(["--results", str(results), "--readme", str(readme)])
+    upd.main(["--results", str(results), "--out", str(readme)])
     text = readme.read_text()
     assert text.startswith(before + upd.START) and text.endswith(upd.END + after)
     assert "old stuff" not in text and "### Targets" in text and "NOTE-TEXT" in text
@@ -145,20 +145,20 @@ def test_update_readme_rewrites_only_between_markers(tmp_path, latency, accuracy
     dense = next(a for a in accuracy["arms"] if a["arm"] == "dense")
     assert f"{100 * dense['acc_mean']:.2f}" in text  # figures come from the JSON
     once = readme.read_text()
-    upd.main(["--results", str(results), "--readme", str(readme)])
+    upd.main(["--results", str(results), "--out", str(readme)])
     assert readme.read_text() == once  # idempotent
 
 
 def test_update_readme_needs_markers_and_says_what_was_not_run(tmp_path):
     sys.path.insert(0, str(SCRIPTS))
-    import update_readme_results as upd
+    import update_benchmark_docs as upd
 
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")
     with pytest.raises(ValueError, match="results:start"):
-        upd.main(["--results", str(tmp_path), "--readme", str(readme)])
+        upd.main(["--results", str(tmp_path), "--out", str(readme)])
     readme.write_text(f"a\n{upd.START}\n{upd.END}\nb\n")
-    upd.main(["--results", str(tmp_path / "empty"), "--readme", str(readme)])
+    upd.main(["--results", str(tmp_path / "empty"), "--out", str(readme)])
     assert "Not run (`scripts/bench_latency.py`)" in readme.read_text()
 
 
@@ -220,7 +220,7 @@ def test_pairwise_ratio_is_the_median_of_pair_ratios_with_quartiles():
 
 def test_interpolated_latency_brackets_half_the_macs():
     sys.path.insert(0, str(SCRIPTS))
-    import update_readme_results as upd
+    import update_benchmark_docs as upd
 
     rows = [dict(model="m", macs_ratio=x, latency_ratio=y) for x, y in ((0.7, 0.9), (0.55, 0.7), (0.35, 0.4))]
     assert upd.interpolated_latency(rows, dict(model="m")) == pytest.approx(0.7 - 0.05 / 0.2 * 0.3)

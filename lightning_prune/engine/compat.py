@@ -1,0 +1,230 @@
+"""Every use of torch-pruning's internals, and every workaround for its behaviour, in one place.
+
+An upgrade of torch-pruning edits this file only; ``tests/engine/test_compat.py`` checks against the
+installed torch-pruning that each trap worked around here still exists (so a fixed trap is noticed).
+Each function names the torch-pruning behaviour it works around or the private attribute it touches.
+
+Traps of torch-pruning 1.6 handled elsewhere, through the functions here:
+
+- tracing calls ``model.eval()`` and leaves it there: :func:`preserved_training_modes`;
+- pruned layers get NEW ``nn.Parameter`` objects: ``surgery.ParameterTracker`` rebinds the old ones;
+- ``RandomImportance`` draws from the global RNG: ``criteria.SeededRandomImportance``;
+- attribute-held sizes (``num_heads``, ``head_dim``) are not updated: ``attention.sync_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+# BasePruner's keyword arguments with a mutable ``dict()`` default that it MUTATES: the default object is
+# shared by every pruner built without them, so one pruner's layers leak into the next.
+SHARED_DEFAULT_DICTS = ("in_channel_groups", "out_channel_groups", "num_heads")
+
+
+@contextmanager
+def preserved_training_modes(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval mode on exit: torch-pruning's tracing calls ``model.eval()``
+    and does not restore it.
+
+    >>> net = torch.nn.Sequential(torch.nn.Dropout()); _ = net.train()
+    >>> with preserved_training_modes(net):
+    ...     _ = net.eval()
+    >>> net[0].training
+    True
+    """
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+@contextmanager
+def traceable(model: nn.Module) -> Iterator[None]:
+    """Make every parameter require grad while tracing, then restore the flags and modes.
+
+    torch-pruning traces the autograd graph; a frozen first layer has no ``grad_fn`` and would silently
+    fall out of the graph (its BatchNorm then no longer follows its pruned channels).
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for param, _ in flags:
+            param.requires_grad_(True)
+        with preserved_training_modes(model), torch.enable_grad():
+            yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def build_base_pruner(model: nn.Module, example_inputs: object, **kwargs: Any) -> tp.pruner.BasePruner:
+    """``BasePruner(model, example_inputs, **kwargs)`` with fresh dicts for its shared mutable defaults
+    (:data:`SHARED_DEFAULT_DICTS`, plus ``channel_groups``), traced with frozen layers included."""
+    for key in (*SHARED_DEFAULT_DICTS, "channel_groups"):
+        kwargs[key] = dict(kwargs.get(key) or {})
+    with traceable(model):
+        return tp.pruner.BasePruner(model, example_inputs, **kwargs)
+
+
+# -- re-aiming a BasePruner per step ------------------------------------------------------------------
+def aim_step(base: tp.pruner.BasePruner, target: float, overrides: Mapping[nn.Module, float]) -> None:
+    """Make the next ``base.step()`` prune to ABSOLUTE ratio ``target`` (and ``overrides`` per scope).
+
+    BasePruner follows a fixed ``per_step_pruning_ratio`` list indexed by ``current_step``; it is rewritten
+    to ``[0, target]`` and the step counter reset, so every call aims at a ratio of the original widths.
+    """
+    base.per_step_pruning_ratio = [0.0, float(target)]
+    for module, ratio in overrides.items():
+        base.pruning_ratio_dict[module] = [0.0, float(ratio)]
+    base.current_step = 0
+
+
+def ratio_scopes(base: tp.pruner.BasePruner) -> list[Any]:
+    """The keys of ``pruning_ratio_dict`` (layers or tuples of layers with their own ratio)."""
+    return list(base.pruning_ratio_dict)
+
+
+def set_importance(base: tp.pruner.BasePruner, importance: Any) -> None:
+    base.importance = importance
+
+
+def group_roots(base: tp.pruner.BasePruner) -> list[tuple[nn.Module, bool]]:
+    """``(root module, is output-channel pruning)`` of every prunable group, as BasePruner scopes them."""
+    graph = base.DG
+    roots = []
+    for group in graph.get_all_groups(ignored_layers=base.ignored_layers, root_module_types=base.root_module_types):
+        dep = group[0].dep
+        roots.append((dep.target.module, graph.is_out_channel_pruning_fn(dep.handler)))
+    return roots
+
+
+def initial_channels(base: tp.pruner.BasePruner, module: nn.Module, out: bool) -> int:
+    """A layer's channel count as BasePruner recorded it at its first step (``layer_init_*_ch``)."""
+    table = base.layer_init_out_ch if out else base.layer_init_in_ch
+    return int(table[module])
+
+
+@contextmanager
+def full_groups_allowed(graph: tp.DependencyGraph) -> Iterator[None]:
+    """Let ``BasePruner.step`` yield groups whose every channel is selected.
+
+    ``DependencyGraph.check_pruning_group`` rejects them, so at high ratios a layer would silently escape
+    pruning; the caller trims such groups to its per-layer cap and runs :func:`check_group` itself.
+    """
+    graph.check_pruning_group = lambda group: True
+    try:
+        yield
+    finally:
+        del graph.check_pruning_group
+
+
+def check_group(graph: tp.DependencyGraph, group: Any) -> bool:
+    """The class's own ``check_pruning_group``, whatever :func:`full_groups_allowed` put on the instance."""
+    return bool(type(graph).check_pruning_group(graph, group))
+
+
+def set_history(graph: tp.DependencyGraph, history: Sequence[Any]) -> None:
+    """Replace the graph's pruning history; torch-pruning has no setter, its history is ``_pruning_history``."""
+    graph._pruning_history = list(history)
+
+
+# -- attention heads ----------------------------------------------------------------------------------
+def head_counts(base: tp.pruner.BasePruner) -> dict[nn.Module, int]:
+    """BasePruner's current head count per attention layer (the live ``num_heads`` dict)."""
+    return base.num_heads
+
+
+def set_head_counts(base: tp.pruner.BasePruner, counts: Mapping[nn.Module, int]) -> None:
+    base.num_heads.clear()
+    base.num_heads.update(counts)
+
+
+def head_pruning_settings(base: tp.pruner.BasePruner) -> tuple[bool, float]:
+    """``(prune_num_heads, head_pruning_ratio)`` as BasePruner was built."""
+    return bool(base.prune_num_heads), float(base.head_pruning_ratio)
+
+
+def aim_head_pruning(base: tp.pruner.BasePruner, fraction: float, enabled: bool, final_ratio: float) -> None:
+    """Aim whole-head pruning so that the next step leaves ``final_ratio * fraction`` of the ORIGINAL heads
+    removed (``enabled``, ``final_ratio``: see :func:`head_pruning_settings`).
+
+    torch-pruning 1.6 applies ``head_pruning_ratio`` at every step: in local scope to the heads left (so
+    repeated steps compound: 4 heads -> 2 -> 1), and in global scope it fails with ``UnboundLocalError:
+    head_thres`` on a step that has no head to remove. Here the ratio handed to it is re-aimed per step, and
+    head pruning is switched off for a step with nothing to remove. ``fraction=0`` switches it off.
+    """
+    wanted = final_ratio * fraction
+    layers = [m for m in base.init_num_heads if m in base.num_heads]
+    if not enabled or not layers or wanted <= 0:
+        base.prune_num_heads, base.per_step_head_pruning_ratio = False, [0.0, 0.0]
+        return
+    if base.global_pruning:
+        removing = sum(base.num_heads[m] for m in layers) - int(base.initial_total_heads * (1 - wanted))
+        step_ratio = wanted
+    else:  # torch-pruning removes ceil(ratio * heads left) per layer; all layers are aimed alike
+        m = layers[0]
+        keep = math.ceil(base.init_num_heads[m] * (1 - wanted) - 1e-9)
+        removing = base.num_heads[m] - keep
+        step_ratio = (removing - 0.5) / base.num_heads[m]  # ceil() of it times the heads left is ``removing``
+    base.prune_num_heads = removing > 0
+    base.per_step_head_pruning_ratio = [0.0, step_ratio if removing > 0 else 0.0]
+
+
+# -- the graph's nodes --------------------------------------------------------------------------------
+class _Traced:
+    """Stands in for a released ``grad_fn`` where torch-pruning only tests ``grad_fn is None``."""
+
+    def __repr__(self) -> str:
+        return "<released grad_fn>"
+
+
+RELEASED = _Traced()
+
+
+def release_autograd(graph: tp.DependencyGraph) -> int:
+    """Drop every ``grad_fn`` the graph kept from tracing; returns how many were dropped.
+
+    ``DependencyGraph`` keeps the ``grad_fn`` of every traced operation on its nodes (``Node.grad_fn`` and
+    ``_SliceOp.grad_fn``), and through them the activations of the example forward pass, as long as the
+    pruner lives. It only reads them while building; for slices pruning needs just "was traced".
+    """
+    dropped = 0
+    for module, node in graph.module2node.items():
+        if getattr(node, "grad_fn", None) is not None:
+            node.grad_fn = None
+            dropped += 1
+        if getattr(module, "grad_fn", None) is not None and module.grad_fn is not RELEASED:
+            module.grad_fn = RELEASED  # ops._SliceOp: SlicePruner skips slices whose grad_fn is None
+            dropped += 1
+    return dropped
+
+
+def graph_modules(graph: tp.DependencyGraph) -> list[nn.Module]:
+    """Every module object of the graph, the operator nodes torch-pruning creates (``module2node`` keys,
+    whose index bookkeeping pruning changes) included."""
+    return [m for m in graph.module2node if isinstance(m, nn.Module)]
+
+
+def graph_has_autograd(graph: tp.DependencyGraph) -> bool:
+    """Whether any node still holds a traced ``grad_fn``."""
+    return any(getattr(node, "grad_fn", None) is not None for node in graph.module2node.values())
+
+
+def deepcopy_shared(graph: tp.DependencyGraph) -> tuple[list[object], int]:
+    """What a deep copy of a pruner must share instead of copying, and the recursion depth it needs.
+
+    torch-pruning compares its pruning functions by identity (``REGISTERED_PRUNERS``,
+    ``CUSTOMIZED_PRUNERS``, the ``ops`` module), and deepcopy follows the graph's linked nodes recursively,
+    a few dozen frames per layer.
+    """
+    shared: list[object] = [graph.ops, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
+    shared += [node.grad_fn for node in graph.module2node.values() if getattr(node, "grad_fn", None) is not None]
+    return shared, 1000 + 50 * len(graph.module2node)

@@ -1,0 +1,300 @@
+"""One fit's scheduled pruning, framework-free: what ``PruningCallback`` dispatches into.
+
+:class:`ScheduledPruning` assembles the pruner for a model (ignored, output and unsafe layers, ratio
+overrides, attention heads), runs the schedule over epochs, sums gradients for gradient criteria, prunes
+with verification and rollback, and keeps the run's progress in ONE place: :attr:`ScheduledPruning.events`,
+one record per prune (what a checkpoint stores; everything else is derived from it).
+
+Distributed training plugs in through two callables: ``sync(pruner, decide)`` runs ``decide`` on the rank
+that chooses and replays its choice elsewhere, ``after_change()`` runs after parameters were replaced.
+
+>>> import torch
+>>> from torch import nn
+>>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten())
+>>> session = ScheduledPruning(net, torch.zeros(1, 3, 8, 8), PruningSpec(ratio=0.5, schedule="one_shot"), end_epoch=0)
+>>> event = session.on_epoch_end(0)
+>>> net[0].out_channels, session.aimed_ratio, session.prunes_at(0)
+(4, 0.5, False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attention import attention_kwargs
+from .budget import BudgetSearch, BudgetTracker, intermediate_budget, resolve_ratio_overrides
+from .criteria import SeededRandomImportance, needs_gradients
+from .inputs import shapes, to_device, untraceable_error
+from .pruner import (
+    PRUNABLE_TYPES,
+    ChannelPruner,
+    PruneStep,
+    call_model,
+    find_output_layers,
+    match_layer_patterns,
+    preserved_training_modes,
+)
+from .report import LayerRow, layer_report, prune_metrics
+from .rollback import Snapshot, forward_check, step_error
+from .safety import UnsafeOp, unsafe_layers_to_ignore
+from .schedules import get_schedule, scheduled_ratio
+from .spec import PruningSpec
+from .surgery import remap_optimizer
+
+Sync = Callable[[ChannelPruner, Callable[[], tuple[PruneStep, Any]]], tuple[PruneStep, Any]]
+
+
+def _single_process(pruner: ChannelPruner, decide: Callable[[], tuple[PruneStep, Any]]) -> tuple[PruneStep, Any]:
+    return decide()
+
+
+class ScheduledPruning:
+    """The pruner of one fit and the schedule that drives it.
+
+    Args:
+        model: the module to prune in place (a LightningModule in a fit; names are relative to it).
+        example_inputs: one-sample inputs for tracing (see :mod:`lightning_prune.engine.inputs`).
+        spec: the validated parameters.
+        end_epoch: the epoch at whose end the full ratio (or budget) is reached.
+        seed: seeds the ``random`` criterion.
+    """
+
+    def __init__(
+        self, model: nn.Module, example_inputs: Any, spec: PruningSpec, end_epoch: int, seed: int = 0
+    ) -> None:
+        self.model, self.spec, self.end_epoch = model, spec, end_epoch
+        self.schedule = get_schedule(spec.schedule)
+        self.inputs = example_inputs  # the one copy; move_inputs() follows the model to its device
+        self.events: list[dict[str, Any]] = []  # progress: one record per prune (checkpointed)
+        self.grad_sums: dict[nn.Parameter, torch.Tensor] = {}
+        self.budget: BudgetTracker | None = None
+        self.chooses = True  # this process chooses the channels (rank 0 under DDP): it sums gradients
+        matched = match_layer_patterns(model, spec.ignored_layers)
+        try:
+            with torch.no_grad(), preserved_training_modes(model):
+                model.eval()  # a train-mode pass would update BatchNorm statistics before training
+                self.output_shapes = shapes(call_model(model, example_inputs))
+            self.output_layers = find_output_layers(model, example_inputs)
+        except Exception as err:  # tracing failures surface here, before any training
+            raise untraceable_error(model, example_inputs, err) from err
+        ignored = {name for names in matched.values() for name in names} | set(self.output_layers)
+        custom = tuple(k for k in (spec.pruner_kwargs.get("customized_pruners") or {}) if isinstance(k, type))
+        self.unsafe: list[UnsafeOp] = unsafe_layers_to_ignore(
+            model, example_inputs, spec.on_unsafe, PRUNABLE_TYPES + custom, sorted(ignored)
+        )
+        ignored |= {op.module for op in self.unsafe}
+        self.n_kept = len(ignored)
+        overrides = resolve_ratio_overrides(model, spec.ratio_overrides, never_pruned=ignored)
+        self.override_layers = {model.get_submodule(n): ratio for names, ratio in overrides.values() for n in names}
+        kwargs = attention_kwargs(model, dict(spec.pruner_kwargs))  # attention heads pruned consistently
+        if overrides:  # one torch-pruning scope per pattern
+            kwargs["pruning_ratio_dict"] = {
+                **(kwargs.get("pruning_ratio_dict") or {}),
+                **{tuple(model.get_submodule(n) for n in names): r for names, r in overrides.values()},
+            }
+        try:
+            self.pruner = ChannelPruner(
+                model,
+                example_inputs,
+                importance=spec.criterion,
+                global_pruning=spec.context == "global",
+                ignored_layers=[model.get_submodule(n) for n in sorted(ignored)],
+                round_to=spec.round_to,
+                max_layer_ratio=spec.max_layer_ratio,
+                seed=seed,
+                **kwargs,
+            )
+        except Exception as err:
+            raise untraceable_error(model, example_inputs, err) from err
+        self.baseline: list[LayerRow] = layer_report(model, example_inputs)
+
+    # -- inputs and budget --------------------------------------------------------------------------
+    def move_inputs(self, device: torch.device | str) -> None:
+        """Move the example inputs to ``device`` (the model's, once the strategy has moved it)."""
+        self.inputs = to_device(self.inputs, device)
+
+    def resolve_budget(self, strategy: object = None) -> BudgetSearch:
+        """Measure the dense model for the budget target and plan the final budget (see
+        :class:`~lightning_prune.engine.budget.BudgetTracker`); returns the plan."""
+        spec = self.spec
+        assert spec.budget is not None, "resolve_budget needs a budget target"
+        self.budget = BudgetTracker(spec.target, spec.budget, lambda: self.inputs, strategy=strategy)
+        hint = f" and ratio_overrides={spec.ratio_overrides}" if spec.ratio_overrides else ""
+        self.budget.resolve(self.pruner, self.model, self.overrides_at(1.0), n_kept=self.n_kept, hint=hint)
+        assert self.budget.plan is not None
+        return self.budget.plan
+
+    # -- schedule and progress ----------------------------------------------------------------------
+    def fraction(self, epoch: int) -> float:
+        """The schedule's value after ``epoch``, in [0, 1]."""
+        return scheduled_ratio(epoch, 1.0, self.schedule, self.spec.start_epoch, self.end_epoch)
+
+    def scheduled_ratio(self, epoch: int) -> float:
+        """The channel ratio the schedule asks for after ``epoch`` (``target="channels"``)."""
+        return scheduled_ratio(epoch, self.spec.ratio, self.schedule, self.spec.start_epoch, self.end_epoch)
+
+    @property
+    def pruned_fraction(self) -> float:
+        """The schedule value reached by the last prune (0 before any)."""
+        return self.fraction(self.events[-1]["epoch"]) if self.events else 0.0
+
+    @property
+    def aimed_ratio(self) -> float:
+        """The channel ratio the last prune was aimed at (0 before any); the achieved share is
+        ``pruner.channel_ratio()``."""
+        return float(self.events[-1]["target"]) if self.events else 0.0
+
+    def prunes_at(self, epoch: int) -> bool:
+        """Whether the schedule grows at the end of ``epoch``."""
+        if not self.spec.by_fraction:
+            return self.scheduled_ratio(epoch) > self.aimed_ratio + 1e-12
+        return self.fraction(epoch) > self.pruned_fraction + 1e-12
+
+    def overrides_at(self, fraction: float) -> dict[nn.Module, float]:
+        """Per-layer ratios of ``ratio_overrides`` at schedule value ``fraction``."""
+        return {module: ratio * fraction for module, ratio in self.override_layers.items()}
+
+    # -- gradients for gradient criteria (taylor) ---------------------------------------------------
+    @property
+    def needs_gradients(self) -> bool:
+        return needs_gradients(self.pruner.importance)
+
+    def add_gradients(self, parameters: Sequence[nn.Parameter]) -> None:
+        """Add the current gradients to the sums a gradient criterion scores with."""
+        for param in parameters:
+            if param.grad is not None:
+                total = self.grad_sums.get(param)
+                grad = param.grad.detach()
+                self.grad_sums[param] = grad.clone() if total is None else total.add_(grad)
+
+    # -- pruning ------------------------------------------------------------------------------------
+    def on_epoch_end(
+        self,
+        epoch: int,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+        sync: Sync = _single_process,
+        after_change: Callable[[], object] = lambda: None,
+    ) -> dict[str, Any] | None:
+        """Prune as the schedule asks after ``epoch``; returns the event recorded (None when nothing is due).
+
+        The event holds the epoch, the channel target, the ``prune/*`` metrics and, for a budget, the search.
+        """
+        if not self.prunes_at(epoch):
+            return None
+        fraction = self.fraction(epoch)
+        budget = None if self.spec.budget is None else intermediate_budget(self.spec.budget, fraction)
+        # a budget search starts where the last prune ended
+        target = self.scheduled_ratio(epoch) if budget is None else self.aimed_ratio
+        where = f"epoch {epoch} (to {target:.1%} of channels)"
+        step = self.prune(target, budget, fraction, optimizers, sync, after_change, where=where)
+        metrics = prune_metrics(self.model, self.inputs, self.baseline[-1], step.achieved)
+        event: dict[str, Any] = {"epoch": epoch, "target": step.target, **metrics}
+        search = self.last_search
+        if budget is not None and search is not None:
+            event["prune/budget_target"] = budget
+            if self.spec.target == "latency":
+                event["prune/latency_ratio"] = search.value
+            event["search"] = search.as_dict()
+        self.events.append(event)
+        return event
+
+    @property
+    def last_search(self) -> BudgetSearch | None:
+        """The budget search of the latest pruning epoch."""
+        return None if self.budget is None else self.budget.last_search
+
+    def prune(
+        self,
+        target: float,
+        budget: float | None = None,
+        fraction: float = 1.0,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+        sync: Sync = _single_process,
+        after_change: Callable[[], object] = lambda: None,
+        where: str = "",
+    ) -> PruneStep:
+        """Prune to channel ratio ``target`` (or the smallest ratio ``>= target`` that meets ``budget``), carry
+        ``optimizers`` over to the new parameters, and check one forward pass. On any failure the model, the
+        pruning history and the optimizers are rolled back and a
+        :class:`~lightning_prune.engine.rollback.PruningStepError` names the first group that breaks the model.
+        """
+        pruner = self.pruner
+        pruner.aim_heads(fraction)  # whole attention heads, if asked, on the schedule
+        snapshot = Snapshot.take(pruner, list(optimizers))
+        done = len(pruner.history())
+        try:
+            step = self._prune_unchecked(target, budget, fraction, optimizers, sync)
+            if step.history:  # the same on every rank (broadcast), so all ranks join the rebuild's collectives
+                after_change()
+            forward_check(self.inputs, self.output_shapes)(self.model)
+            return step
+        except Exception as err:
+            history = pruner.history()[done:]
+            snapshot.restore()
+            if history:
+                after_change()
+            check = forward_check(self.inputs, self.output_shapes)
+            raise step_error(pruner, history, err, where or f"ratio {target:.1%}", check) from err
+
+    def _prune_unchecked(
+        self,
+        target: float,
+        budget: float | None,
+        fraction: float,
+        optimizers: Sequence[torch.optim.Optimizer],
+        sync: Sync,
+    ) -> PruneStep:
+        pruner, tracker = self.pruner, self.budget
+        overrides = self.overrides_at(fraction)
+        if budget is not None and tracker is None:
+            raise RuntimeError("a budget prune needs a budget target (PruningCallback(target=..., budget=...))")
+
+        def decide() -> tuple[PruneStep, Any]:  # runs on the choosing rank only
+            if budget is None:
+                return pruner.prune_to(target, overrides), None
+            assert tracker is not None
+            return tracker.prune(pruner, budget, target, overrides), tracker.last_search
+
+        gradient_based = self.needs_gradients and self.chooses
+        if gradient_based:
+            for param in self.model.parameters():
+                param.grad = self.grad_sums.get(param, torch.zeros_like(param))
+        try:
+            step, search = sync(pruner, decide)
+            if tracker is not None:
+                tracker.last_search = search
+        finally:
+            self.grad_sums = {}
+            if gradient_based:
+                for param in self.model.parameters():
+                    param.grad = None
+        for optimizer in optimizers:
+            remap_optimizer(optimizer, step.changes, carry_state=self.spec.optimizer_state == "slice")
+        return step
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What continuing needs: the events and the ``random`` criterion's generator."""
+        state: dict[str, Any] = {"events": [dict(e) for e in self.events]}
+        if isinstance(self.pruner.importance, SeededRandomImportance):
+            state["random_state"] = self.pruner.importance.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.events = [dict(e) for e in state.get("events", [])]
+        if state.get("random_state") is not None and isinstance(self.pruner.importance, SeededRandomImportance):
+            self.pruner.importance.generator.set_state(state["random_state"])
+
+
+def describe_event(event: dict[str, Any], target: str) -> str:
+    """One log line for a pruning event of a run with ``target`` (see :meth:`ScheduledPruning.on_epoch_end`)."""
+    budget = event.get("prune/budget_target")
+    scheduled = f"scheduled {event['target']:.1%}" if budget is None else f"{target} budget {budget:.1%}"
+    return (
+        f"epoch {event['epoch']}: removed {event['prune/ratio']:.1%} of channels ({scheduled}); "
+        f"params {event['prune/params_ratio']:.1%}, MACs {event['prune/macs_ratio']:.1%} of dense"
+    )

@@ -1,0 +1,59 @@
+"""Every use of Lightning's (and torch.nn.Module's) private API, one function per need.
+
+A Lightning upgrade that moves one of these edits this file only. Each function names the private
+attribute it reads or writes and why there is no public way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+
+def first_training_batch(trainer: pl.Trainer) -> Any:
+    """The first batch of the fit's training dataloader, during ``setup``.
+
+    Lightning builds the dataloader only after ``setup``; the fit loop's ``_data_source`` is the one place
+    that can produce it before (from a LightningModule or a LightningDataModule alike).
+    """
+    return next(iter(trainer.fit_loop._data_source.dataloader()))
+
+
+def loaded_checkpoint(trainer: Any) -> dict[str, Any]:
+    """The checkpoint Lightning is restoring in this fit, or ``{}``.
+
+    Lightning loads the model's weights before any callback state and gives callbacks no public hook in
+    between; ``_checkpoint_connector._loaded_checkpoint`` holds the checkpoint meanwhile.
+    """
+    connector = getattr(trainer, "_checkpoint_connector", None)
+    return getattr(connector, "_loaded_checkpoint", None) or {}
+
+
+def spawns_ranks(trainer: pl.Trainer) -> bool:
+    """Whether the ranks run in processes started by ``fit`` whose results Lightning copies back into the
+    launching process (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``): their launcher is the private
+    ``_MultiProcessingLauncher``."""
+    return isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+
+
+def start_method(strategy: Any) -> str:
+    """The multiprocessing start method of a spawning strategy (``DDPStrategy._start_method``)."""
+    return str(getattr(strategy, "_start_method", "spawn"))
+
+
+def reset_static_graph_delay(strategy: Any) -> None:
+    """After a new DDP wrapper is built: with ``static_graph=True`` Lightning delays its first step's
+    hook registration once (``_pl_static_graph_delay_done``); the new wrapper needs that delay again."""
+    if hasattr(strategy, "_pl_static_graph_delay_done"):
+        strategy._pl_static_graph_delay_done = False
+
+
+def register_state_dict_post_hook(module: torch.nn.Module, hook: Callable[..., None]) -> None:
+    """``module.register_state_dict_post_hook`` (public from torch 2.3), else the private
+    ``_register_state_dict_hook`` of older torch."""
+    register = getattr(module, "register_state_dict_post_hook", None)
+    (register or module._register_state_dict_hook)(hook)
