@@ -37,6 +37,7 @@ from ..engine.report import count_macs_params, layer_report, render_layer_report
 from ..lightning_compat import spawns_ranks
 from .config import build_callback, validate
 from .export import load_model, save_json, save_model
+from .models import load_weights
 from .module import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -50,20 +51,36 @@ def output_dir() -> Path:
 
 
 def build_model(model_cfg: DictConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """Instantiate the configured network for ``num_classes``; ``in_channels`` only if it takes one.
+    """Instantiate the configured network for ``num_classes``, then load ``model.weights`` if set.
 
-    Any callable returning an ``nn.Module`` works as ``_target_`` (e.g. ``torchvision.models.resnet18``).
+    Any callable returning an ``nn.Module`` works as ``_target_`` (``torchvision.models.resnet18``,
+    ``timm.create_model``, ...). ``in_channels`` is passed as ``in_channels`` (ours) or ``in_chans`` (timm's)
+    if the callable takes one; a model without either (torchvision's) must get 3-channel data. ``weights`` is not
+    passed to the callable: :func:`~lightning_prune.app.models.load_weights` loads it afterwards (a weights
+    file, or a torchvision weights name), keeping the model's own head where its size differs.
     """
+    cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    weights = cfg.pop("weights", None)
+    builder = get_method(cfg["_target_"])
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     try:
-        params = inspect.signature(get_method(model_cfg._target_)).parameters
+        params = inspect.signature(builder).parameters
     except (TypeError, ValueError):
         params = {}
-    if "in_channels" in params:
-        kwargs["in_channels"] = in_channels
+    channels_key = next((key for key in ("in_channels", "in_chans") if key in params), None)
+    if channels_key is None and getattr(builder, "__module__", "").startswith("timm"):
+        channels_key = "in_chans"  # timm.create_model passes it on through **kwargs
+    if channels_key is not None:
+        kwargs[channels_key] = in_channels
     elif in_channels != 3:
-        raise ValueError(f"model {model_cfg._target_} takes no in_channels, but the data has {in_channels} channels")
-    return instantiate(model_cfg, **kwargs)
+        raise ValueError(
+            f"model {cfg['_target_']} takes no in_channels, but the data has {in_channels} channels; "
+            "use 3-channel data (e.g. data.channels=3)"
+        )
+    network = instantiate(cfg, **kwargs)
+    if weights is not None:
+        load_weights(network, weights, builder)
+    return network
 
 
 def build_module(cfg: DictConfig, network: nn.Module, num_classes: int) -> ClassifierModule:
