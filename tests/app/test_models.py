@@ -66,7 +66,8 @@ def test_model_configs_build_the_libraries_models(name, cls):
 def test_resnet18_is_torchvision_s():
     model = build_model(model_config("resnet18"), num_classes=1000, in_channels=3)
     reference = torchvision.models.resnet18()
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    shapes = {key: tensor.shape for key, tensor in model.state_dict().items()}
+    assert shapes == {key: tensor.shape for key, tensor in reference.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "timm"])
