@@ -40,10 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import RESULTS_DIR, machine_info, markdown_table, pruned_copy, set_threads, write_json  # noqa: E402
+from torchvision.models import resnet18, resnet50  # noqa: E402
 
 from lightning_prune import PruningCallback  # noqa: E402
 from lightning_prune.app.data import DigitsDataModule  # noqa: E402
-from lightning_prune.app.models import resnet18, resnet50, small_cnn  # noqa: E402
+from lightning_prune.app.models import small_cnn  # noqa: E402
 from lightning_prune.app.module import ClassifierModule  # noqa: E402
 from lightning_prune.engine.pruner import ChannelPruner  # noqa: E402
 from lightning_prune.engine.report import count_macs_params  # noqa: E402

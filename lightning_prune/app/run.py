@@ -4,7 +4,8 @@
 prunes, and writes the run's outputs into Hydra's run directory (the working directory is never changed):
 
 - ``pruned_model.pt``: the whole pruned network (load it with :func:`lightning_prune.app.export.load_model`);
-- ``summary.json``: dense and pruned params and MACs, CPU latency, final val accuracy, the config;
+- ``summary.json``: dense and pruned params and MACs, CPU latency, final val accuracy, seconds per epoch, the
+  config;
 - ``layer_report.txt``: the per-layer table;
 - ``checkpoints/last.ckpt`` and the best checkpoint by ``val/acc``; ``logs/``: the CSV logger's metrics.
 """
@@ -15,6 +16,7 @@ import copy
 import inspect
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,22 @@ def summarize(
     }
 
 
+class EpochTimer(pl.Callback):
+    """Wall-clock seconds of every training epoch, its validation and pruning included (``seconds``; logged
+    as ``time/epoch_s``). Put it after the pruning callback so that the prune at an epoch's end counts."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+        pl_module.log("time/epoch_s", self.seconds[-1])
+
+
 @dataclass
 class RunResult:
     """What :func:`run_training` leaves besides its files."""
@@ -157,8 +175,9 @@ def run_training(cfg: DictConfig, out: Path) -> RunResult:
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="best-{epoch}", monitor="val/acc", mode="max", save_last=True
     )
+    timer = EpochTimer()
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=[pruning, checkpoints], logger=CSVLogger(out, name="logs"), default_root_dir=out
+        cfg.trainer, callbacks=[pruning, checkpoints, timer], logger=CSVLogger(out, name="logs"), default_root_dir=out
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     val_acc = _val_accuracy(trainer)
@@ -172,12 +191,14 @@ def run_training(cfg: DictConfig, out: Path) -> RunResult:
         rows = layer_report(module.model, example, baseline=layer_report(dense, example))
         (out / "layer_report.txt").write_text(render_layer_report(rows) + "\n")
         summary = summarize(cfg, dense, module.model, input_shape, datamodule.batch_size, val_acc)
+        summary["epoch_seconds"] = [round(seconds, 2) for seconds in timer.seconds]
         save_json(summary, out / "summary.json")
         print(
             f"final val accuracy: {val_acc:.4f}\n"
             f"params: {summary['params']['dense']:,} -> {summary['params']['pruned']:,} "
             f"({summary['params']['ratio']:.1%})\n"
             f"MACs:   {summary['macs']['dense']:,} -> {summary['macs']['pruned']:,} ({summary['macs']['ratio']:.1%})\n"
+            f"seconds per epoch: {', '.join(f'{seconds:.1f}' for seconds in timer.seconds)}\n"
             f"pruned model saved to {out / 'pruned_model.pt'}"
         )
     return RunResult(val_acc, module, pruning, summary)

@@ -145,6 +145,7 @@ def test_a_digits_run_writes_its_summary_report_and_checkpoints(digits_run):
     assert set(summary["cpu_latency"]) == {"batch_1", "batch_64"}
     assert summary["cpu_latency"]["batch_1"]["pruned_ms"] > 0
     assert summary["config"]["ratio"] == 0.5
+    assert len(summary["epoch_seconds"]) == 3 and all(seconds > 0 for seconds in summary["epoch_seconds"])
     assert "TOTAL" in (out / "layer_report.txt").read_text()
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert any(p.name.startswith("best-") for p in (out / "checkpoints").iterdir())
