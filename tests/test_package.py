@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_prune"
-APP_ONLY = ("hydra", "omegaconf", "PIL", "sklearn", "torchmetrics", "matplotlib", "torchvision")
+APP_ONLY = ("hydra", "omegaconf", "PIL", "sklearn", "torchmetrics", "matplotlib", "torchvision", "timm")
 
 
 def loaded_after(statement: str, depth: int = 1) -> set[str]:
