@@ -37,7 +37,7 @@ from .engine.report import LayerRow, layer_report, render_layer_report
 from .engine.safety import describe
 from .engine.schedules import Schedule
 from .engine.session import ScheduledPruning, describe_event
-from .engine.spec import PruningSpec
+from .engine.spec import PruningSpec, resolve_end_epoch
 from .lightning_compat import first_training_batch, spawns_ranks, start_method
 
 
@@ -174,22 +174,8 @@ class PruningCallback(Callback):
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _end_epoch(self, trainer: pl.Trainer) -> int:
-        start, end, max_epochs = self.spec.start_epoch, self.spec.end_epoch, trainer.max_epochs
-        if max_epochs is None or max_epochs < 0:
-            if end is None:
-                raise ValueError("the trainer has no max_epochs; set PruningCallback(end_epoch=...)")
-            return end
-        if start >= max_epochs:
-            raise ValueError(
-                f"start_epoch={start} is at or past max_epochs={max_epochs}; it must lie in [0, {max_epochs - 1}]"
-            )
-        end = max_epochs - 1 if end is None else end
-        if end >= max_epochs:
-            raise ValueError(
-                f"end_epoch={end} is at or past max_epochs={max_epochs}; it must lie in "
-                f"[{start}, {max_epochs - 1}] so that the full ratio is reached"
-            )
-        return end
+        spec = self.spec
+        return resolve_end_epoch(spec.start_epoch, spec.end_epoch, trainer.max_epochs, "PruningCallback", "ratio")
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
