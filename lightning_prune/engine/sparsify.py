@@ -327,7 +327,8 @@ class ScheduledSparsity:
             owner, tensor = self._tensor(param_name)
             if key in state_dict and key + "_orig" not in state_dict and is_masked(owner, tensor):
                 mask = getattr(owner, f"{tensor}_mask")
-                state_dict[key + "_orig"] = state_dict.pop(key) * mask.to(state_dict[key].device)
+                value = state_dict.pop(key)
+                state_dict[key + "_orig"] = value * mask.to(value.device, value.dtype)
                 state_dict[key + "_mask"] = mask
 
     # -- lottery ticket -------------------------------------------------------------------------------
