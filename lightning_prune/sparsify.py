@@ -9,23 +9,20 @@ applies them), checkpoints, rank-zero logging and the loggers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from .callback import SessionCallback
 from .distributed import check_no_weight_averaging, check_strategy_supported, decide_on_rank_zero
-from .engine.inputs import resolve_example_inputs
 from .engine.schedules import Schedule
 from .engine.sparsify import ScheduledSparsity
 from .engine.sparsity import Criterion, SparsityRow, render_sparsity_report
 from .engine.spec import SparsifySpec, resolve_end_epoch
-from .lightning_compat import first_training_batch
 
 AVERAGING_HINT = (
     "SparsifyCallback re-parametrises the sparsified weights (weight -> weight_orig * weight_mask), so an averaged "
@@ -34,7 +31,7 @@ AVERAGING_HINT = (
 )
 
 
-class SparsifyCallback(Callback):
+class SparsifyCallback(SessionCallback):
     r"""Zero weights on a schedule while the model trains, through ``torch.nn.utils.prune`` masks.
 
     At the end of every epoch from ``start_epoch`` to ``end_epoch`` the share of zero weights among all
@@ -98,7 +95,6 @@ class SparsifyCallback(Callback):
         self.spec = SparsifySpec(**{name: arguments[name] for name in SparsifySpec.__dataclass_fields__})
         self.session: ScheduledSparsity | None = None  # one per fit, built in setup
         self.report: list[SparsityRow] = []
-        self._state: dict[str, Any] = {}  # loaded before the session exists
 
     # -- read-only views of the session ---------------------------------------------------------------
     @property
@@ -135,11 +131,9 @@ class SparsifyCallback(Callback):
         end_epoch = resolve_end_epoch(
             spec.start_epoch, spec.end_epoch, trainer.max_epochs, "SparsifyCallback", "sparsity"
         )
-        inputs = resolve_example_inputs(
-            spec.example_inputs, pl_module.example_input_array, partial(first_training_batch, trainer)
+        session = self.session = ScheduledSparsity(
+            pl_module, self._fit_inputs(trainer, pl_module), spec, end_epoch, seed=self._fit_seed()
         )
-        seed = spec.seed if spec.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        session = self.session = ScheduledSparsity(pl_module, inputs, spec, end_epoch, seed=seed)
         session.load_state_dict(self._state)
         left = {n: why for n, why in session.skipped.items() if why.startswith("rows")}
         if left:
@@ -195,14 +189,3 @@ class SparsifyCallback(Callback):
             rank_zero_info("SparsifyCallback: sparsity report\n" + render_sparsity_report(self.report))
         if self.spec.make_permanent:
             self.session.make_permanent()
-
-    # -- checkpointing --------------------------------------------------------------------------------
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return self._state if self.session is None else self.session.state_dict()
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._state = dict(state_dict)
-        if self.session is not None:
-            self.session.load_state_dict(self._state)
