@@ -6,6 +6,9 @@ prunes, and writes the run's outputs into Hydra's run directory (the working dir
 - ``pruned_model.pt``: the whole pruned network (load it with :func:`lightning_prune.app.export.load_model`);
 - ``summary.json``: dense and pruned params and MACs, CPU latency, final val accuracy, the config;
 - ``layer_report.txt``: the per-layer table;
+- with ``mode=sparsify`` (``SparsifyCallback`` instead of ``PruningCallback``, keys under ``sparsify.``): also
+  ``sparsity_report.txt`` and the sparsity in ``summary.json``; ``sparsify.compact=true`` removes the zeroed
+  channels (:func:`lightning_prune.compact`) before the model is saved;
 - ``checkpoints/last.ckpt`` and the best checkpoint by ``val/acc``; ``logs/``: the CSV logger's metrics.
 """
 
@@ -32,10 +35,13 @@ from torch import nn
 from ..callback import PruningCallback
 from ..checkpoint import restore_pruned
 from ..distributed import check_strategy_supported
+from ..engine.compact import compact
 from ..engine.latency import compare_latency, measure_latency
 from ..engine.report import count_macs_params, layer_report, render_layer_report
+from ..engine.sparsity import render_sparsity_report
 from ..lightning_compat import spawns_ranks
-from .config import build_callback, validate
+from ..sparsify import SparsifyCallback
+from .config import build_mode_callback, validate
 from .export import load_model, save_json, save_model
 from .module import ClassifierModule
 
@@ -119,7 +125,7 @@ class RunResult:
 
     val_acc: float
     module: ClassifierModule
-    callback: PruningCallback
+    callback: PruningCallback | SparsifyCallback
     summary: dict[str, Any] | None  # None on ranks other than zero
 
 
@@ -136,7 +142,7 @@ def run_training(cfg: DictConfig, out: Path) -> RunResult:
     strategy = cfg.trainer.get("strategy")
     if isinstance(strategy, str):
         check_strategy_supported(strategy)  # before anything is built
-    pruning = build_callback(cfg)
+    pruning = build_mode_callback(cfg)
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="best-{epoch}", monitor="val/acc", mode="max", save_last=True
     )
@@ -150,11 +156,14 @@ def run_training(cfg: DictConfig, out: Path) -> RunResult:
         restore_pruned(module, checkpoints.last_model_path or out / "checkpoints" / "last.ckpt")
     summary = None
     if trainer.is_global_zero:
-        save_model(module.model, out / "pruned_model.pt")
         example = torch.zeros(1, *input_shape)
+        sparsity = _sparsify_outputs(cfg, pruning, module, example, out)
+        save_model(module.model, out / "pruned_model.pt")
         rows = layer_report(module.model, example, baseline=layer_report(dense, example))
         (out / "layer_report.txt").write_text(render_layer_report(rows) + "\n")
         summary = summarize(cfg, dense, module.model, input_shape, datamodule.batch_size, val_acc)
+        if sparsity is not None:
+            summary["sparsity"] = sparsity
         save_json(summary, out / "summary.json")
         print(
             f"final val accuracy: {val_acc:.4f}\n"
@@ -164,6 +173,21 @@ def run_training(cfg: DictConfig, out: Path) -> RunResult:
             f"pruned model saved to {out / 'pruned_model.pt'}"
         )
     return RunResult(val_acc, module, pruning, summary)
+
+
+def _sparsify_outputs(
+    cfg: DictConfig, callback: PruningCallback | SparsifyCallback, module: ClassifierModule, example: torch.Tensor,
+    out: Path,
+) -> dict[str, Any] | None:
+    """``mode=sparsify``: write ``sparsity_report.txt``, compact if asked; returns the summary's ``sparsity``."""
+    if not isinstance(callback, SparsifyCallback):
+        return None
+    rows = callback.report
+    (out / "sparsity_report.txt").write_text(render_sparsity_report(rows) + "\n")
+    if cfg.sparsify.compact:
+        compact(module.model, example)
+    return {"granularity": callback.spec.granularity, "target": callback.spec.sparsity,
+            "reached": rows[-1].sparsity if rows else 0.0, "compacted": bool(cfg.sparsify.compact)}
 
 
 def train(cfg: DictConfig) -> float:

@@ -1,4 +1,6 @@
-"""Every use of torch-pruning's internals, and every workaround for its behaviour, in one place.
+"""Every use of torch-pruning's internals, and every workaround for its behaviour, in one place (and the
+engine's few uses of ``torch.nn.Module``'s and ``torch.sparse``'s private API, which ``lightning_compat``
+cannot hold: the engine never imports it).
 
 An upgrade of torch-pruning edits this file only; ``tests/engine/test_compat.py`` checks against the
 installed torch-pruning that each trap worked around here still exists (so a fixed trap is noticed).
@@ -228,3 +230,43 @@ def deepcopy_shared(graph: tp.DependencyGraph) -> tuple[list[object], int]:
     shared: list[object] = [graph.ops, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
     shared += [node.grad_fn for node in graph.module2node.values() if getattr(node, "grad_fn", None) is not None]
     return shared, 1000 + 50 * len(graph.module2node)
+
+
+# -- the graph's operator nodes, for compaction --------------------------------------------------------
+_PASSTHROUGH_OPS = tuple(
+    getattr(tp.ops, name)
+    for name in ("_ElementWiseOp", "_ReshapeOp", "_ConcatOp", "_SplitOp", "_SliceOp", "_UnbindOp", "_ExpandOp")
+    if hasattr(tp.ops, name)
+)
+
+
+def channel_op_kind(module: object) -> str | None:
+    """``"passthrough"`` for torch-pruning's operator nodes that carry a channel along unchanged in index
+    terms (element-wise ops, reshapes, concatenations, splits, slices), ``"output"`` for the model's output
+    node, None for anything else (layers, custom operators)."""
+    if isinstance(module, tp.ops._OutputOp):
+        return "output"
+    if isinstance(module, _PASSTHROUGH_OPS):
+        return "passthrough"
+    return None
+
+
+# -- torch.nn.Module and torch.sparse -----------------------------------------------------------------
+def register_state_dict_post_hook(module: nn.Module, hook: Any) -> Any:
+    """``module.register_state_dict_post_hook`` (public from torch 2.3), else the private
+    ``_register_state_dict_hook`` of older torch; returns the removable handle."""
+    register = getattr(module, "register_state_dict_post_hook", None)
+    return (register or module._register_state_dict_hook)(hook)
+
+
+def semi_structured_constraints() -> tuple[str, dict[torch.dtype, tuple[int, int]]]:
+    """The backend ``torch.sparse.to_sparse_semi_structured`` uses (CUTLASS when ``_FORCE_CUTLASS`` is set, else
+    cuSPARSELt) and its minimum sparse shape ``(rows, columns)`` per dtype (``_DTYPE_SHAPE_CONSTRAINTS``): a
+    weight's dimensions must be multiples of them. torch has no public accessor for either."""
+    from torch.sparse import semi_structured as ss
+
+    cls = ss.SparseSemiStructuredTensorCUTLASS if ss.SparseSemiStructuredTensor._FORCE_CUTLASS else (
+        ss.SparseSemiStructuredTensorCUSPARSELT
+    )
+    table = cls._DTYPE_SHAPE_CONSTRAINTS
+    return cls.BACKEND, {dtype: (c.sparse_min_rows, c.sparse_min_cols) for dtype, c in table.items()}

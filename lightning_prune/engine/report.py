@@ -143,25 +143,40 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], rule_before_last: bool = False) -> str:
+    """Fixed-width text table: ``header``, a rule, ``rows`` (another rule before the last one if asked).
+
+    >>> print(render_table(("a", "bb"), [("1", "2"), ("30", "4")], rule_before_last=True))
+    a   bb
+    --  --
+    1   2
+    --  --
+    30  4
+    """
+    table = [tuple(header), *(tuple(row) for row in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    rule = "  ".join("-" * w for w in widths)
+    lines.insert(1, rule)
+    if rule_before_last and len(rows) > 1:
+        lines.insert(len(lines) - 1, rule)
+    return "\n".join(lines)
+
+
 def render_layer_report(rows: Sequence[LayerRow]) -> str:
     """The rows of :func:`layer_report` as a fixed-width text table.
 
     >>> print(render_layer_report([LayerRow("fc", "Linear", 4, 2, 20, 10, 20, 10)]).splitlines()[2])
     fc     Linear  4 -> 2    10 (50.0%)  10 (50.0%)
     """
-    header = ("layer", "type", "channels", "params", "MACs")
-    table = [header]
-    for r in rows:
-        table.append(
-            (
-                r.layer,
-                r.type,
-                f"{r.original_channels} -> {r.channels}",
-                f"{_human(r.params)} ({100 * r.params_ratio:.1f}%)",
-                f"{_human(r.macs)} ({100 * r.macs_ratio:.1f}%)",
-            )
+    cells = [
+        (
+            r.layer,
+            r.type,
+            f"{r.original_channels} -> {r.channels}",
+            f"{_human(r.params)} ({100 * r.params_ratio:.1f}%)",
+            f"{_human(r.macs)} ({100 * r.macs_ratio:.1f}%)",
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+        for r in rows
+    ]
+    return render_table(("layer", "type", "channels", "params", "MACs"), cells)
