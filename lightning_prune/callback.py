@@ -64,7 +64,8 @@ class PruningCallback(Callback):
         criterion: a name from :data:`lightning_prune.CRITERIA` or a torch-pruning ``Importance``.
         context: ``"global"`` ranks channels across layers, ``"local"`` prunes every layer by the ratio.
         start_epoch: first epoch at whose end pruning may happen.
-        end_epoch: epoch at whose end the full ratio is reached; default: the trainer's last epoch.
+        end_epoch: epoch at whose end the full ratio is reached; default: the trainer's second-to-last epoch,
+            so that the last epoch fine-tunes the pruned model (a warning says when no epoch is left for that).
         example_inputs: inputs for tracing; default: ``example_input_array`` or the first training batch,
             cut to one sample.
         ignored_layers: module-name patterns (fnmatch) never pruned; a pattern matching nothing is an error.
@@ -183,11 +184,17 @@ class PruningCallback(Callback):
             raise ValueError(
                 f"start_epoch={start} is at or past max_epochs={max_epochs}; it must lie in [0, {max_epochs - 1}]"
             )
-        end = max_epochs - 1 if end is None else end
+        # by default the last prune leaves one epoch of fine-tuning after it
+        end = max(start, max_epochs - 2) if end is None else end
         if end >= max_epochs:
             raise ValueError(
                 f"end_epoch={end} is at or past max_epochs={max_epochs}; it must lie in "
                 f"[{start}, {max_epochs - 1}] so that the full ratio is reached"
+            )
+        if end == max_epochs - 1 and self.spec.prunes_anything:
+            rank_zero_warn(
+                f"PruningCallback: the last prune happens at the end of the last epoch ({end}), so the pruned "
+                f"model is not fine-tuned; set end_epoch <= {max_epochs - 2} or train longer"
             )
         return end
 
