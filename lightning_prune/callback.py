@@ -98,7 +98,8 @@ class PruningCallback(SessionCallback):
         criterion: a name from :data:`lightning_prune.CRITERIA` or a torch-pruning ``Importance``.
         context: ``"global"`` ranks channels across layers, ``"local"`` prunes every layer by the ratio.
         start_epoch: first epoch at whose end pruning may happen.
-        end_epoch: epoch at whose end the full ratio is reached; default: the trainer's last epoch.
+        end_epoch: epoch at whose end the full ratio is reached; default: the trainer's second-to-last epoch,
+            so that the last epoch fine-tunes the pruned model (a warning says when no epoch is left for that).
         example_inputs: inputs for tracing; default: ``example_input_array`` or the first training batch,
             cut to one sample.
         ignored_layers: module-name patterns (fnmatch) never pruned; a pattern matching nothing is an error.
@@ -208,7 +209,14 @@ class PruningCallback(SessionCallback):
     # -- set-up ---------------------------------------------------------------------------------------
     def _end_epoch(self, trainer: pl.Trainer) -> int:
         spec = self.spec
-        return resolve_end_epoch(spec.start_epoch, spec.end_epoch, trainer.max_epochs, "PruningCallback", "ratio")
+        end = resolve_end_epoch(spec.start_epoch, spec.end_epoch, trainer.max_epochs, "PruningCallback", "ratio")
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and end == max_epochs - 1 and spec.prunes_anything:
+            rank_zero_warn(
+                f"PruningCallback: the last prune happens at the end of the last epoch ({end}), so the pruned "
+                f"model is not fine-tuned; set end_epoch <= {max_epochs - 2} or train longer"
+            )
+        return end
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

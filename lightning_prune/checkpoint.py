@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -53,6 +54,28 @@ def make_record(history: Sequence[Sequence], example_inputs: Any) -> dict[str, A
     }
 
 
+def check_torch_file(path: str | os.PathLike, what: str = "file") -> None:
+    """Raise a clear ValueError if ``path`` is not a complete file written by ``torch.save`` (a zip archive):
+    a truncated or foreign file, instead of torch's raw zip error.
+
+    >>> import tempfile, pathlib
+    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "bad.ckpt"; _ = bad.write_bytes(b"not a checkpoint")
+    >>> check_torch_file(bad, "ckpt_path")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ckpt_path=... is not a complete file written by torch.save (truncated or corrupt?)...
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        broken = str(err)
+    if broken is not None:
+        raise ValueError(
+            f"{what}={str(path)!r} is not a complete file written by torch.save (truncated or corrupt?): {broken}"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``: pruned checkpoints hold no pickled objects.
 
@@ -61,6 +84,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     >>> load_checkpoint(path)
     {'state_dict': {}}
     """
+    check_torch_file(path, "checkpoint")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

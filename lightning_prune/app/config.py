@@ -18,7 +18,7 @@ ValueError: ratio=1.5 is invalid; it must lie in [0, 1)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -75,6 +75,7 @@ def _app_config_fields() -> list[tuple[str, Any, Any]]:
         ("ckpt_path", str | None, field(default=None)),
         ("label_smoothing", float, field(default=0.0)),
         ("latency_repeats", int, field(default=20)),
+        ("overwrite", bool, field(default=False)),
     ]
     spec = _spec_fields(PruningSpec)
     groups: list[tuple[str, Any, Any]] = [
@@ -135,6 +136,10 @@ def validate_values(cfg: Any) -> PruningSpec | SparsifySpec:
 def validate(cfg: DictConfig) -> PruningSpec | SparsifySpec:
     """Check a composed app config against :data:`TrainConfig` and its value ranges; returns the spec of the
     mode's callback."""
+    known = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:  # e.g. a mistyped `+ignored_layer=[...]`: Hydra accepts any key added with +
+        raise ValueError(f"unknown top-level key(s) {unknown}; the keys are {known}")
     schema = OmegaConf.structured(TrainConfig)
     typed = OmegaConf.to_object(OmegaConf.merge(schema, cfg))
     return validate_values(typed)
@@ -184,5 +189,6 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("lp_ddp_strategy", ddp_strategy_for)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    store.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
-    store.store(group="criterion", name="criterion_schema", node=CriterionConfig)
+    # schemas live in their own group, so that Hydra's lists of schedule and criterion choices hold only options
+    store.store(group="lp_schema", name="schedule", node=ScheduleConfig)
+    store.store(group="lp_schema", name="criterion", node=CriterionConfig)

@@ -34,6 +34,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .sampling import EpochShuffle
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -386,12 +388,12 @@ def _loader(
 ) -> DataLoader:
     if dataset is None:
         raise RuntimeError("call setup() before asking for a dataloader")
-    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    sampler = None if shuffle_seed is None else EpochShuffle(dataset, shuffle_seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle_seed is not None,
-        generator=generator,
+        sampler=sampler,
+        generator=None if sampler is None else sampler.generator,  # epoch-seeded worker seeds too
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )

@@ -81,7 +81,7 @@ def resolve_end_epoch(start_epoch: int, end_epoch: int | None, max_epochs: int |
     (None or negative: unbounded); ``owner`` and ``goal`` name the callback and what is reached in errors.
 
     >>> resolve_end_epoch(1, None, 5, "PruningCallback", "ratio")
-    4
+    3
     >>> resolve_end_epoch(0, 5, 5, "PruningCallback", "ratio")
     Traceback (most recent call last):
     ...
@@ -95,7 +95,8 @@ def resolve_end_epoch(start_epoch: int, end_epoch: int | None, max_epochs: int |
         raise ValueError(
             f"start_epoch={start_epoch} is at or past max_epochs={max_epochs}; it must lie in [0, {max_epochs - 1}]"
         )
-    end = max_epochs - 1 if end_epoch is None else end_epoch
+    # by default the schedule completes one epoch before the last, which then fine-tunes the pruned model
+    end = max(start_epoch, max_epochs - 2) if end_epoch is None else end_epoch
     if end >= max_epochs:
         raise ValueError(
             f"end_epoch={end} is at or past max_epochs={max_epochs}; it must lie in "
