@@ -106,7 +106,8 @@ def fit(module, callbacks, epochs=4, loader=None, ckpt_path=None, **trainer_kwar
 def test_local_sparsity_is_exact_per_layer_and_overall_after_each_scheduled_epoch(granularity):
     module, probe = classifier(), Probe()
     sparsity = 0.75 if granularity == "1:4" else 0.5
-    callback = SparsifyCallback(sparsity, granularity=granularity, schedule="linear", start_epoch=1, verbose=False)
+    callback = SparsifyCallback(sparsity, granularity=granularity, schedule="linear", start_epoch=1, end_epoch=3,
+                               verbose=False)
     fit(module, [callback, probe], epochs=4)
     shapes = {name: weight_of(module.get_submodule(name)).shape for name in LAYERS}
     sparsified = [n for n in LAYERS if ":" not in granularity or shapes[n][1:].numel() % 4 == 0]
@@ -135,7 +136,8 @@ def test_local_sparsity_is_exact_per_layer_and_overall_after_each_scheduled_epoc
 
 def test_global_context_ranks_all_layers_together_and_is_exact_overall():
     module, probe = classifier(), Probe()
-    callback = SparsifyCallback(0.6, granularity="weight", context="global", schedule="agp", verbose=False)
+    callback = SparsifyCallback(0.6, granularity="weight", context="global", schedule="agp", end_epoch=2,
+                               verbose=False)
     fit(module, [callback, probe], epochs=3)
     total = sum(module.get_submodule(n).weight.numel() for n in LAYERS)
     for epoch, zeros in enumerate(probe.zeros):
