@@ -344,11 +344,14 @@ def replay_history(
         try:
             module = model.get_submodule(name)
             layer_pruner = graph.get_pruner_of_module(module)
+            if layer_pruner is None or module not in compat.graph_modules(graph):
+                raise ValueError(f"it is a {type(module).__name__}, not a prunable layer of this model")
             width = graph.get_out_channels(module) if is_out else graph.get_in_channels(module)
-            if layer_pruner is None or width is None:
-                raise ValueError("it is not a prunable layer of this model")
-            if idxs and (max(idxs) >= width or min(idxs) < 0):
-                raise ValueError(f"indices up to {max(idxs)} do not fit its {width} channels")
+            if width is None:
+                raise ValueError(f"it is a {type(module).__name__}, not a prunable layer of this model")
+            bad = [i for i in idxs if not 0 <= i < width]
+            if bad:
+                raise ValueError(f"indices {bad[:8]} lie outside its {width} channels (0..{width - 1})")
             fn = layer_pruner.prune_out_channels if is_out else layer_pruner.prune_in_channels
             group = graph.get_pruning_group(module, fn, list(idxs))
         except (AttributeError, ValueError, KeyError) as err:
