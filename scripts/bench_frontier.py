@@ -270,10 +270,11 @@ def run_fasterai(args, work: Path, targets: dict[str, float | None]) -> dict[str
     python = ensure_fasterai_venv()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
     worker = [str(python), str(ROOT / "scripts" / "frontier_fasterai.py"), str(work / "fasterai_spec.json")]
-    proc = subprocess.run(worker, env=env, capture_output=True, text=True)
-    (work / "fasterai_log.txt").write_text(proc.stdout + proc.stderr)
+    log = work / "fasterai_log.txt"  # written as it runs
+    with log.open("w") as stream:
+        proc = subprocess.run(worker, env=env, stdout=stream, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise RuntimeError(f"fasterai worker failed: {proc.stderr[-2000:]}")
+        raise RuntimeError(f"fasterai worker failed: {log.read_text()[-2000:]}")
     return json.loads((work / "fasterai_result.json").read_text())
 
 

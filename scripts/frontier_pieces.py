@@ -22,23 +22,19 @@ def cifar10(archive: Path, train_per_class: int | None, val_per_class: int | Non
     from PIL import Image  # noqa: PLC0415
 
     wanted = {"train": train_per_class, "test": val_per_class}
+    with tarfile.open(archive) as tar:  # one pass in archive order (a gzip stream seeks backwards slowly)
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and m.name.endswith(".jpg")}
+    classes = sorted({Path(name).parent.name for name in files})
     images: dict[str, list] = {"train": [], "test": []}
-    with tarfile.open(archive) as tar:
-        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")),
-                         key=lambda m: m.name)
-        classes = sorted({Path(m.name).parent.name for m in members})
-        counts: dict[tuple[str, str], int] = {}
-        for m in members:
-            parts = Path(m.name).parts
-            split, cls = parts[-3], parts[-2]
-            if split not in images:
-                continue
-            n = counts.get((split, cls), 0)
-            if wanted[split] is not None and n >= wanted[split]:
-                continue
-            counts[(split, cls)] = n + 1
-            img = Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")
-            images[split].append((torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8), classes.index(cls)))
+    counts: dict[tuple[str, str], int] = {}
+    for name in sorted(files):  # the first files of each class by name: the same subset on every machine
+        split, cls = Path(name).parts[-3:-1]
+        n = counts.get((split, cls), 0)
+        if split not in images or (wanted[split] is not None and n >= wanted[split]):
+            continue
+        counts[(split, cls)] = n + 1
+        img = Image.open(io.BytesIO(files[name])).convert("RGB")
+        images[split].append((torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8), classes.index(cls)))
     mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
 
     def stack(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
