@@ -362,3 +362,21 @@ def test_frontier_cifar_loader_reads_a_tiny_archive(tmp_path):
     data = pieces.cifar10(archive, train_per_class=2, val_per_class=None)
     assert data["train_x"].shape == (4, 3, 32, 32) and data["val_x"].shape == (4, 3, 32, 32)
     assert data["train_y"].tolist() == [0, 0, 1, 1] and data["val_y"].tolist() == [0, 0, 1, 1]
+
+
+def test_frontier_smoke_runs_every_arm_but_fasterai(tmp_path):
+    result = run_smoke("bench_frontier.py", tmp_path / "frontier.json")
+    check_machine(result)
+    arms = {(a["arm"], a["level"]) for a in result["arms"]}
+    assert arms == {("dense", None), ("ours/agp/l2", "2x"), ("torch_pruning/once", "2x"),
+                    ("torch_pruning/iterative", "2x"), ("modelpruning/ln_structured", "2x"),
+                    ("modelpruning/l1_unstructured", "2x")}
+    for arm in result["arms"]:
+        assert len(arm["acc"]) == 2 and arm["latency_ratio_b1"] > 0 and arm["latency_ratio_b32"] > 0
+        if arm["system"] in ("ours", "torch_pruning"):
+            assert 0 < arm["macs_ratio"] < 1 and arm["prune_s"] > 0
+        else:
+            assert arm["macs_ratio"] == pytest.approx(1.0)
+    assert result["fasterai"] is None and result["leaders"]["2x"]["accuracy"] is not None
+    assert result["plot"] == "frontier.png" and (tmp_path / "frontier.png").is_file()
+    assert next(a for a in result["arms"] if a["arm"] == "torch_pruning/once")["epochs_trained"] == 4
