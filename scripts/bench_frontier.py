@@ -13,7 +13,8 @@ batch size, epochs and seeds. Arms:
 - ``fasterai``: fasterai 0.4's ``PruneCallback`` (``context="global"``, ``criteria=large_final``,
   ``schedule=agp``) inside fastai's ``Learner.fit_one_cycle``, run by ``scripts/frontier_fasterai.py`` in its
   own virtual environment (``.venv-fasterai``, created by this script). Its ``pruning_ratio`` is searched by
-  bisection on a dry prune (no training) of the trained dense model so that it lands at each level's MACs.
+  bisection on a dry prune (all its steps, no training) of the initial model so that it lands at each level's
+  MACs.
 - ``torch_pruning/once`` and ``torch_pruning/iterative``: Torch-Pruning alone, as its README does it:
   ``tp.pruner.MetaPruner`` (``GroupMagnitudeImportance(p=2)``, global) prunes the *trained dense model* of the
   same seed once, or in ``--tp-steps`` steps each followed by an equal share of the fine-tuning, to the level's

@@ -1,15 +1,15 @@
 """The fasterai arm of ``bench_frontier.py``, run in fasterai's own virtual environment (fastai and fasterai
 0.4 with the project's pinned torch pair): ``python scripts/frontier_fasterai.py SPEC.json``.
 
-It reads the tensors, initial ``state_dict`` files and trained dense models that ``bench_frontier.py`` saved in
+It reads the tensors and the initial ``state_dict`` files that ``bench_frontier.py`` saved in
 the spec's work folder, so the data, split, init, epochs, optimizer (torch's AdamW or SGD through fastai's
 ``OptimWrapper``), one-cycle schedule (``fit_one_cycle``: pct_start 0.25, div 25, div_final 1e5, moms
 0.95/0.85/0.95), batch size and seeds are the same as every other arm's. Weight decay applies to BatchNorm and
 bias parameters too (``wd_bn_bias=True``), as torch's optimizers do in the other arms.
 
-For each target MACs fraction, fasterai's ``pruning_ratio`` is bisected on a dry prune of seed 0's trained
-dense model (one ``Pruner.prune_model()`` step to the full ratio, no training); the target ``None`` is
-fasterai's own operating point, ``pruning_ratio`` = the spec's ``nominal_ratio``. Then ``PruneCallback``
+For each target MACs fraction, fasterai's ``pruning_ratio`` is bisected on a dry prune of seed 0's initial
+model (every ``Pruner.prune_model()`` step of the fit along the schedule, no training; see ``dry_macs``);
+the target ``None`` is fasterai's own operating point, ``pruning_ratio`` = the spec's ``nominal_ratio``. Then ``PruneCallback``
 (global context, ``large_final`` criterion, ``agp`` schedule) trains each seed. The final models are saved
 whole (``torch.save``) for the parent to evaluate, count and time; the time spent inside the callback's hooks
 is the pruning overhead.
@@ -47,10 +47,16 @@ def macs(model: torch.nn.Module, example: torch.Tensor) -> float:
     return tp.utils.count_ops_and_params(model, example)[0]
 
 
-def dry_macs(dense: torch.nn.Module, example: torch.Tensor, ratio: float, dense_macs: float) -> float:
-    model = copy.deepcopy(dense)
-    Pruner(model, pruning_ratio=ratio, context="global", criteria=large_final, schedule=agp,
-           example_inputs=example, iterative_steps=1).prune_model()
+def dry_macs(start: torch.nn.Module, example: torch.Tensor, ratio: float, steps: int, dense_macs: float) -> float:
+    """MACs fraction left after ``steps`` pruning steps along the agp schedule, as ``PruneCallback`` takes them
+    (one per training step), on a copy of ``start``, with no training in between. A single step to the full
+    ratio is no guide: fasterai compares raw magnitudes across layers, and each step thins the inputs of the
+    next layers, which lowers their magnitudes for the following steps; stepping reproduces that cascade."""
+    model = copy.deepcopy(start)
+    pruner = Pruner(model, pruning_ratio=ratio, context="global", criteria=large_final, schedule=agp,
+                    example_inputs=example, iterative_steps=steps)
+    for _ in range(steps):
+        pruner.prune_model()
     return macs(model, example) / dense_macs
 
 
@@ -86,19 +92,20 @@ def main(spec_path: str) -> None:
     work = Path(spec["work"])
     data = torch.load(work / "data.pt")
     example = data["train_x"][:1]
-    dense = make_model(spec["model"])
-    dense.load_state_dict(torch.load(work / f"dense_{spec['seeds'][0]}.pt"))
-    dense.eval()
-    dense_macs = macs(dense, example)
+    start = make_model(spec["model"])  # fasterai prunes from the first training step: search on the init
+    start.load_state_dict(torch.load(work / f"init_{spec['seeds'][0]}.pt"))
+    start.eval()
+    dense_macs = macs(start, example)
+    steps = spec["epochs"] * -(-len(data["train_x"]) // spec["batch_size"])  # PruneCallback's total steps
     out = {"fasterai": __import__("fasterai").__version__, "fastai": __import__("fastai").__version__,
            "torch": torch.__version__, "torch_pruning": tp.__version__, "searches": {}, "arms": {}}
     for level, target in spec["targets"].items():
         began = time.perf_counter()
         if target is None:
             ratio = spec["nominal_ratio"]
-            value = dry_macs(dense, example, ratio, dense_macs)
+            value = dry_macs(start, example, ratio, steps, dense_macs)
         else:
-            ratio, value = bisect_ratio(lambda r: dry_macs(dense, example, r, dense_macs), target)
+            ratio, value = bisect_ratio(lambda r: dry_macs(start, example, r, steps, dense_macs), target)
         out["searches"][level] = {"target": target, "ratio": ratio, "dry_macs_ratio": value,
                                   "seconds": time.perf_counter() - began}
         print(f"fasterai {level}: pruning_ratio {ratio:.4f} -> dry MACs {value:.3f}", flush=True)
