@@ -10,9 +10,9 @@ bias parameters too (``wd_bn_bias=True``), as torch's optimizers do in the other
 For each target MACs fraction, fasterai's ``pruning_ratio`` is bisected on a dry prune of seed 0's initial
 model (every ``Pruner.prune_model()`` step of the fit along the schedule, no training; see ``dry_macs``);
 the target ``None`` is fasterai's own operating point, ``pruning_ratio`` = the spec's ``nominal_ratio``.
-Then ``PruneCallback`` (global context, ``large_final`` criterion, ``agp`` schedule) trains each seed. The final models are saved
-whole (``torch.save``) for the parent to evaluate, count and time; the time spent inside the callback's hooks
-is the pruning overhead.
+Then ``PruneCallback`` (global context, ``large_final`` criterion, ``agp`` schedule) trains each seed. The
+final models are saved whole (``torch.save``) for the parent to evaluate, count and time; the time spent inside
+the callback's hooks is the pruning overhead.
 """
 
 from __future__ import annotations
