@@ -67,7 +67,7 @@ def train(spec: dict, data: dict, seed: int, ratio: float, work: Path) -> dict:
     train_ds = list(zip(data["train_x"], data["train_y"]))
     val_ds = list(zip(data["val_x"], data["val_y"]))
     dls = DataLoaders(DataLoader(train_ds, bs=spec["batch_size"], shuffle=True),
-                      DataLoader(val_ds, bs=256), device="cpu")
+                      DataLoader(val_ds, bs=256), device=spec.get("device", "cpu"))
     if spec["optimizer"] == "sgd":
         opt = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=0.9))
     else:
@@ -83,7 +83,7 @@ def train(spec: dict, data: dict, seed: int, ratio: float, work: Path) -> dict:
     fit_s = time.perf_counter() - began
     learn.model.eval()
     fastai_acc = float(learn.validate()[1])
-    return {"model": learn.model, "fit_s": fit_s, "prune_s": sum(map(sum, hooks.values())), "fastai_acc": fastai_acc}
+    return {"model": learn.model.cpu(), "fit_s": fit_s, "prune_s": sum(map(sum, hooks.values())), "fastai_acc": fastai_acc}
 
 
 def main(spec_path: str) -> None:
