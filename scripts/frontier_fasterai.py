@@ -83,7 +83,8 @@ def train(spec: dict, data: dict, seed: int, ratio: float, work: Path) -> dict:
     fit_s = time.perf_counter() - began
     learn.model.eval()
     fastai_acc = float(learn.validate()[1])
-    return {"model": learn.model.cpu(), "fit_s": fit_s, "prune_s": sum(map(sum, hooks.values())), "fastai_acc": fastai_acc}
+    return {"model": learn.model.cpu(), "fit_s": fit_s, "prune_s": sum(map(sum, hooks.values())),
+            "fastai_acc": fastai_acc}
 
 
 def main(spec_path: str) -> None:
