@@ -165,8 +165,8 @@ def fit(module: ClassifierModule, data: dict, args: argparse.Namespace, seed: in
     """Train ``epochs`` epochs (no validation loop); returns the wall seconds."""
     pl.seed_everything(seed, verbose=False)
     trainer = pl.Trainer(accelerator="auto" if args.full else "cpu", devices=1, max_epochs=epochs, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, callbacks=list(callbacks))
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=list(callbacks))
     began = time.perf_counter()
     trainer.fit(module, train_dataloaders=loaders(data, args, seed)[0])
     return time.perf_counter() - began
