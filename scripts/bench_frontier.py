@@ -453,6 +453,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", help="scratch folder for tensors, inits and models (default: /tmp)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
     p.add_argument("--prune-start", type=int)
     p.add_argument("--prune-end", type=int)
     p.add_argument("--schedules", nargs="+", default=["agp"])
