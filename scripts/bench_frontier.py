@@ -497,7 +497,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["plot"] = png.name if png else None
     print(table(result["arms"]))
     for level, who in result["leaders"].items():
-        print(f"{level}: accuracy led by {who['accuracy']}, batch-32 latency by {who['latency']}")
+        print(f"{level}: accuracy led by {who['accuracy']}, batch-32 latency by {who['latency']} "
+              f"(within 1 point of dense: {who['latency_usable']})")
     if result["errors"]:
         print("errors:", *result["errors"], sep="\n  ")
     write_json(out, result)

@@ -252,23 +252,28 @@ def overhead_section(ovh: dict[str, Any], others: list[dict[str, Any]] = ()) -> 
 
 
 # -- frontier (bench_frontier.py) --------------------------------------------------------------------
+USABLE_POINTS = 1.0  # "usable" latency leader: within this many points of dense accuracy
 FRONTIER_HEADERS = ["arm", "accuracy %", "Δ points", "MACs ratio", "params ratio", "latency b1", "latency b32",
                     "epochs", "fit s", "prune s"]
 
 
 def frontier_leaders(arms: list[dict[str, Any]], level: str) -> dict[str, dict[str, Any] | None]:
-    """The arms at ``level`` that lead in accuracy (highest mean) and in batch-32 latency (lowest ratio).
+    """The arms at ``level`` that lead in accuracy (highest mean) and in batch-32 latency (lowest ratio), and
+    the fastest of those within ``USABLE_POINTS`` of dense accuracy (``latency_usable``).
 
     >>> arms = [dict(arm="a", level="2x", acc_mean=0.9, latency_ratio_b32=0.8),
     ...         dict(arm="b", level="2x", acc_mean=0.8, latency_ratio_b32=0.6),
     ...         dict(arm="c", level="3x", acc_mean=1.0, latency_ratio_b32=0.1)]
     >>> {k: v["arm"] for k, v in frontier_leaders(arms, "2x").items()}
-    {'accuracy': 'a', 'latency': 'b'}
+    {'accuracy': 'a', 'latency': 'b', 'latency_usable': 'b'}
     """
     here = [a for a in arms if a["level"] == level]
     timed = [a for a in here if a.get("latency_ratio_b32") is not None]
-    return {"accuracy": max(here, key=lambda a: a["acc_mean"]) if here else None,
-            "latency": min(timed, key=lambda a: a["latency_ratio_b32"]) if timed else None}
+    dense = next((a for a in arms if a.get("system") == "dense"), None)
+    usable = [a for a in timed if dense is None or a["acc_mean"] >= dense["acc_mean"] - USABLE_POINTS / 100]
+    fastest = lambda rows: min(rows, key=lambda a: a["latency_ratio_b32"]) if rows else None  # noqa: E731
+    return {"accuracy": max(here, key=lambda a: a["acc_mean"]) if here else None, "latency": fastest(timed),
+            "latency_usable": fastest(usable)}
 
 
 def frontier_section(fr: dict[str, Any], folder: Path = RESULTS_DIR, link_from: Path = ROOT) -> str:
@@ -305,6 +310,11 @@ def frontier_section(fr: dict[str, Any], folder: Path = RESULTS_DIR, link_from: 
             line = f"- {title}: accuracy led by `{acc['arm']}` ({100 * acc['acc_mean']:.2f}%)"
             if lat is not None:
                 line += f", batch-32 latency by `{lat['arm']}` ({lat['latency_ratio_b32']:.3f} of dense)"
+            use = lead["latency_usable"]
+            if use is not lat:
+                line += (f"; within {USABLE_POINTS:g} point of dense accuracy, by `{use['arm']}` "
+                         f"({use['latency_ratio_b32']:.3f})" if use else
+                         f"; no arm within {USABLE_POINTS:g} point of dense accuracy was timed")
             closing.append(line)
     out.append("**Who leads** (measured, per MACs level)\n\n" + "\n".join(closing) + "\n")
     if fr.get("errors"):

@@ -294,9 +294,12 @@ def test_frontier_leaders_pick_per_level_by_accuracy_and_by_latency():
     assert lead["accuracy"]["arm"] == "fasterai" and lead["latency"]["arm"] == "fasterai"
     lead = upd.frontier_leaders(arms, "fasterai")
     assert lead["accuracy"]["arm"] == "ours/agp/l2" and lead["latency"]["arm"] == "ours/agp/l2"
-    assert upd.frontier_leaders(arms, "3x") == {"accuracy": None, "latency": None}
+    assert upd.frontier_leaders(arms, "3x") == {"accuracy": None, "latency": None, "latency_usable": None}
     arms[2]["latency_ratio_b32"] = None  # untimed arms never lead in latency
     assert upd.frontier_leaders(arms, "2x")["latency"]["arm"] == "torch_pruning/once"
+    arms[0]["acc_mean"], arms[3]["acc_mean"] = 0.975, 0.10  # dense lower; a collapsed arm leads in latency, but not among the usable ones
+    lead = upd.frontier_leaders(arms, "2x")
+    assert lead["latency"]["arm"] == "torch_pruning/once" and lead["latency_usable"]["arm"] == "ours/agp/l2"
 
 
 def test_frontier_section_is_generated_from_the_json(tmp_path):
@@ -313,6 +316,7 @@ def test_frontier_section_is_generated_from_the_json(tmp_path):
     assert "| fasterai | 98.00 ± 0.00 | -1.00 | 0.490 |" in text
     assert "- 2x fewer MACs: accuracy led by `fasterai` (98.00%), batch-32 latency by `fasterai` (0.700" in text
     assert "accuracy led by `ours/agp/l2` (98.50%)" in text
+    assert "within 1 point of dense" not in text  # every latency leader here is within it
 
 
 def test_frontier_arms_are_summarized_and_matched(tmp_path):
