@@ -228,3 +228,85 @@ def deepcopy_shared(graph: tp.DependencyGraph) -> tuple[list[object], int]:
     shared: list[object] = [graph.ops, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
     shared += [node.grad_fn for node in graph.module2node.values() if getattr(node, "grad_fn", None) is not None]
     return shared, 1000 + 50 * len(graph.module2node)
+
+
+# -- MACs of layers torch-pruning does not know ------------------------------------------------------
+def register_macs_counter(layer_type: type, hook: Any) -> None:
+    """Count ``layer_type`` in ``tp.utils.count_ops_and_params``: its counter treats unknown layers as free
+    and offers no public registration (``op_counter.MODULES_MAPPING``; ``CUSTOM_MODULES_MAPPING`` is reset
+    after every count)."""
+    tp.utils.op_counter.MODULES_MAPPING.setdefault(layer_type, hook)
+
+
+# -- groups crafted by hand ---------------------------------------------------------------------------
+def explicit_group(graph: tp.DependencyGraph, items: Sequence[tuple[Any, bool, Sequence[int], Sequence[int]]]) -> Any:
+    """A torch-pruning ``Group`` of exactly ``items`` ``(layer, is_out, indices, root indices)``, not traced
+    through the graph, for scoring layers that the graph couples wrongly (grouped-query attention)."""
+    from torch_pruning.dependency.dependency import Dependency
+
+    group = tp.dependency.Group()
+    for module, is_out, idxs, roots in items:
+        node = graph.module2node[module]
+        layer_pruner = graph.get_pruner_of_module(module)
+        fn = layer_pruner.prune_out_channels if is_out else layer_pruner.prune_in_channels
+        group.add_dep(Dependency(fn, fn, source=node, target=node), list(idxs))
+        group[len(group) - 1].root_idxs = list(roots)
+    group._DG = graph
+    return group
+
+
+def plain_group(group: Any, replace: Any) -> Any:
+    """A copy of ``group`` with each item's dependency passed through ``replace(dep)`` (root indices kept)."""
+    copy = tp.dependency.Group()
+    for i, (dep, idxs) in enumerate(group):
+        copy.add_dep(replace(dep), idxs)
+        copy[i].root_idxs = group[i].root_idxs
+    copy._DG = group._DG
+    return copy
+
+
+def group_items(graph: tp.DependencyGraph, group: Any) -> list[tuple[Any, bool, list[int]]]:
+    """``(target, is_out, indices)`` of every item of a group (targets: modules, operator nodes, parameters)."""
+    return [(dep.target.module, graph.is_out_channel_pruning_fn(dep.handler), list(idxs)) for dep, idxs in group]
+
+
+def target_channels(graph: tp.DependencyGraph, target: Any, out: bool) -> int | None:
+    """A group target's channel count along the dim torch-pruning prunes (None for operator nodes)."""
+    try:
+        return graph.get_out_channels(target) if out else graph.get_in_channels(target)
+    except Exception:  # noqa: BLE001 - operators without a pruner
+        return None
+
+
+def all_groups(base: tp.pruner.BasePruner) -> Iterator[Any]:
+    """Every group BasePruner ranks (its ignored layers and root types)."""
+    return base.DG.get_all_groups(ignored_layers=base.ignored_layers, root_module_types=base.root_module_types)
+
+
+def append_history(graph: tp.DependencyGraph, records: Sequence[Any]) -> None:
+    """Add records to the graph's pruning history (pruning done outside ``Group.prune``)."""
+    graph._pruning_history.extend(records)
+
+
+# -- bare parameters in the graph's bookkeeping ---------------------------------------------------------
+def parameter_bookkeeping(graph: tp.DependencyGraph) -> tuple[dict, dict, dict]:
+    """What ``Group.prune`` re-keys when it prunes a bare parameter: ``module2node`` and ``_param_to_name``
+    are keyed by the parameter object, and its node's ``module`` is the parameter; pruning puts the NEW
+    parameter in all three. :func:`restore_parameter_bookkeeping` puts the recorded ones back."""
+    nodes = {node: node.module for node in graph.module2node.values() if isinstance(node.module, nn.Parameter)}
+    return dict(graph.module2node), dict(graph._param_to_name), nodes
+
+
+def restore_parameter_bookkeeping(graph: tp.DependencyGraph, saved: tuple[dict, dict, dict]) -> None:
+    module2node, param_to_name, nodes = saved
+    graph.module2node.clear()
+    graph.module2node.update(module2node)
+    graph._param_to_name.clear()
+    graph._param_to_name.update(param_to_name)
+    for node, module in nodes.items():
+        node.module = module
+
+
+def group_graph(group: Any) -> tp.DependencyGraph | None:
+    """The graph a group was made from (``Group._DG``)."""
+    return getattr(group, "_DG", None)
