@@ -126,8 +126,8 @@ def first_shape_mismatch(module: nn.Module, state_dict: Mapping[str, Any]) -> st
 
 
 def _replay(module: nn.Module, record: Mapping[str, Any], prefix: str) -> None:
-    history = [[name[len(prefix):], is_out, idxs] for name, is_out, idxs in record["history"]]
-    if prefix and any(not name.startswith(prefix) for name, _, _ in record["history"]):
+    history = [[r[0][len(prefix) :], *r[1:]] for r in record["history"]]
+    if prefix and any(not r[0].startswith(prefix) for r in record["history"]):
         raise ValueError(f"the pruning record names layers outside {prefix!r}; it does not match the module")
     inputs = record["example_inputs"]
     try:

@@ -31,7 +31,8 @@ SHARED_DEFAULT_DICTS = ("in_channel_groups", "out_channel_groups", "num_heads")
 @contextmanager
 def preserved_training_modes(model: nn.Module) -> Iterator[None]:
     """Restore every submodule's train/eval mode on exit: torch-pruning's tracing calls ``model.eval()``
-    and does not restore it.
+    and does not restore it. A module with its own ``train()`` gets it called (it may drop what it cached in
+    eval mode, e.g. timm LeViT's attention-bias cache, a non-leaf tensor that cannot be deep-copied).
 
     >>> net = torch.nn.Sequential(torch.nn.Dropout()); _ = net.train()
     >>> with preserved_training_modes(net):
@@ -43,6 +44,9 @@ def preserved_training_modes(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        for module, training in modes.items():
+            if type(module).train is not nn.Module.train:
+                module.train(training)  # its own train() may clear caches (timm LeViT's attention biases)
         for module, training in modes.items():
             module.training = training
 
@@ -94,16 +98,6 @@ def ratio_scopes(base: tp.pruner.BasePruner) -> list[Any]:
 
 def set_importance(base: tp.pruner.BasePruner, importance: Any) -> None:
     base.importance = importance
-
-
-def group_roots(base: tp.pruner.BasePruner) -> list[tuple[nn.Module, bool]]:
-    """``(root module, is output-channel pruning)`` of every prunable group, as BasePruner scopes them."""
-    graph = base.DG
-    roots = []
-    for group in graph.get_all_groups(ignored_layers=base.ignored_layers, root_module_types=base.root_module_types):
-        dep = group[0].dep
-        roots.append((dep.target.module, graph.is_out_channel_pruning_fn(dep.handler)))
-    return roots
 
 
 def initial_channels(base: tp.pruner.BasePruner, module: nn.Module, out: bool) -> int:

@@ -54,6 +54,7 @@ from .attention import (
 from .compat import preserved_training_modes, traceable
 from .criteria import GroupScorer, Importance, criterion_name, get_criterion, needs_gradients
 from .inputs import output_tensors
+from .sizes import HeldSizes
 from .surgery import ParameterChange, ParameterTracker
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
@@ -230,6 +231,7 @@ class ChannelPruner:
             kwargs["root_module_types"] = [*ROOT_TYPES, *custom]
         hf.register_macs(model)
         self._tied = hf.tied_parameters(model)
+        self._sizes = HeldSizes(model)
         self._tracker: ParameterTracker | None = None
         try:
             self.blocks = find_attention(model, example_inputs, PRUNABLE_TYPES + custom)
@@ -263,7 +265,7 @@ class ChannelPruner:
                     )
             except Exception as err:
                 raise TracingError(f"{type(err).__name__}: {err}") from err
-            bad = self._misgrouped()
+            bad, roots = self._misgrouped()
             if not bad:
                 break
             names = {id(m): n for n, m in model.named_modules()} | {
@@ -280,21 +282,24 @@ class ChannelPruner:
         self.aim_heads(0.0)  # whole heads go only when a caller aims it (PruningCallback)
         compat.release_autograd(self.graph)  # the traced activations are not needed once the graph is built
         self.build_seconds = time.perf_counter() - started
-        self._roots = self._group_roots()
+        self._roots = roots  # the groups torch-pruning ranks, found while checking them (one pass: it is slow)
         self._initial_root_channels = sum(self._channels(m, out) for m, out in self._roots) + sum(
             b.query_width for b in self._own
         )
         self._register_original_widths()
 
-    def _misgrouped(self) -> list[tuple[object, str]]:
+    def _misgrouped(self) -> tuple[list[tuple[object, str]], list[tuple[nn.Module, bool]]]:
         """Targets of groups that map channel indices past a layer's width, or that cannot be scored: the
-        layers whose output channels are mis-coupled (else the group's root), with the reason."""
+        layers whose output channels are mis-coupled (else the group's root), with the reason; and every
+        group's root and whether it prunes output channels."""
         graph = self._pruner.DG
         found: list[tuple[object, str]] = []
+        roots: list[tuple[nn.Module, bool]] = []
         seen: set[int] = set()
         scorer = GroupScorer(tp.importance.GroupMagnitudeImportance(p=1))
         for group in compat.all_groups(self._pruner):
             items = compat.group_items(graph, group)
+            roots.append((items[0][0], items[0][1]))
             out_of_range = []
             for target, out, idxs in items:
                 n = compat.target_channels(graph, target, out)
@@ -316,7 +321,7 @@ class ChannelPruner:
                 if id(target) not in seen:
                     seen.add(id(target))
                     found.append((target, MISGROUPED))
-        return found
+        return found, roots
 
     def _register_original_widths(self) -> None:
         """Let torch-pruning record every ranking scope's channel count now, at the original widths.
@@ -357,9 +362,6 @@ class ChannelPruner:
             self._set_importance(importance)
 
     # -- channel accounting -------------------------------------------------------------------------
-    def _group_roots(self) -> list[tuple[nn.Module, bool]]:
-        return compat.group_roots(self._pruner)
-
     def _channels(self, module: nn.Module, out: bool) -> int:
         get = self.graph.get_out_channels if out else self.graph.get_in_channels
         return int(get(module) or 0)
@@ -459,6 +461,7 @@ class ChannelPruner:
         """Everything a prune leaves stale: tied weights, attention sizes, the config."""
         hf.retie(self._tied)
         sync_attention(self.model, self.blocks)
+        self._sizes.sync()
 
     def prune_to(self, target: float, ratio_overrides: dict[nn.Module, float] | None = None) -> PruneStep:
         """Prune until ``target`` of the ORIGINAL prunable channels are removed; never un-prunes.

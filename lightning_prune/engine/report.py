@@ -19,6 +19,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .hf import conv1d_width, is_conv1d
+
 TOTAL = "TOTAL"
 
 
@@ -79,6 +81,8 @@ def output_channels(module: nn.Module) -> int | None:
     >>> output_channels(torch.nn.Conv2d(3, 5, 1)), output_channels(torch.nn.ReLU())
     (5, None)
     """
+    if is_conv1d(module):  # transformers' Conv1D
+        return conv1d_width(module)[1]
     for attr in ("out_channels", "out_features", "embed_dim", "hidden_size"):
         value = getattr(module, attr, None)
         if isinstance(value, int):

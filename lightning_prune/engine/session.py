@@ -299,6 +299,18 @@ class ScheduledPruning:
             self.pruner.importance.generator.set_state(state["random_state"])
 
 
+def describe_left_out(left_out: Sequence[LeftOut]) -> str:
+    """The layers left out, grouped by reason: ``"a, b (reason); c (reason)"``.
+
+    >>> describe_left_out([LeftOut("a", "why"), LeftOut("b", "why")])
+    'a, b (why)'
+    """
+    by_reason: dict[str, list[str]] = {}
+    for item in left_out:
+        by_reason.setdefault(item.reason, []).append(item.name)
+    return "; ".join(f"{', '.join(names)} ({reason})" for reason, names in by_reason.items())
+
+
 def nothing_prunable(
     model: nn.Module, output_layers: Sequence[str], kept: set[str], left_out: Sequence[LeftOut]
 ) -> str:
