@@ -14,6 +14,7 @@ Traps of torch-pruning 1.6 handled elsewhere, through the functions here:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -69,13 +70,64 @@ def traceable(model: nn.Module) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
+def tolerant_reshape_mapping() -> None:
+    """Make torch-pruning skip (leave unmapped) a reshape whose channel count it infers as 0 instead of
+    failing with ``ZeroDivisionError`` (torchvision's ShuffleNetV2: the channel shuffle's views, whose layers
+    the safety check leaves unpruned anyway). ``update_index_mapping`` looks the function up by its module
+    global at every call, so it is wrapped there, once."""
+    mapping = tp.dependency.index_mapping
+    original = mapping.update_reshape_index_mapping
+    if getattr(original, "_lightning_prune", False):
+        return
+
+    @functools.wraps(original)
+    def update_reshape_index_mapping(graph: Any, node: Any) -> None:
+        try:
+            original(graph, node)
+        except ZeroDivisionError:
+            return
+
+    update_reshape_index_mapping._lightning_prune = True  # type: ignore[attr-defined]
+    mapping.update_reshape_index_mapping = update_reshape_index_mapping
+
+
 def build_base_pruner(model: nn.Module, example_inputs: object, **kwargs: Any) -> tp.pruner.BasePruner:
     """``BasePruner(model, example_inputs, **kwargs)`` with fresh dicts for its shared mutable defaults
     (:data:`SHARED_DEFAULT_DICTS`, plus ``channel_groups``), traced with frozen layers included."""
+    tolerant_reshape_mapping()
     for key in (*SHARED_DEFAULT_DICTS, "channel_groups"):
         kwargs[key] = dict(kwargs.get(key) or {})
     with traceable(model):
         return tp.pruner.BasePruner(model, example_inputs, **kwargs)
+
+
+def trace_graph(model: nn.Module, example_inputs: object, customized_pruners: Any, unwrapped_parameters: Any) -> Any:
+    """torch-pruning's dependency graph alone (what ``BasePruner`` builds first), traced as it traces."""
+    tolerant_reshape_mapping()
+    with traceable(model):
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, customized_pruners=customized_pruners,
+            unwrapped_parameters=unwrapped_parameters, verbose=False,
+        )  # fmt: skip
+
+
+def failing_roots(graph: tp.DependencyGraph, ignored: Sequence[nn.Module], root_types: tuple) -> list[tuple[Any, str]]:
+    """The root layers whose full group ``get_pruning_group`` cannot build (an index mapping fails), with the
+    error; what ``get_all_groups`` would stop at, one root at a time."""
+    ignored_ids = {id(m) for layer in ignored for m in layer.modules()}
+    failing = []
+    for module in list(graph.module2node):
+        if not isinstance(module, root_types) or id(module) in ignored_ids:
+            continue
+        layer_pruner = graph.get_pruner_of_module(module)
+        if layer_pruner is None or layer_pruner.get_out_channels(module) is None:
+            continue
+        try:
+            graph.get_pruning_group(module, layer_pruner.prune_out_channels,
+                                    list(range(layer_pruner.get_out_channels(module))))  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - any failure names the root
+            failing.append((module, f"{type(err).__name__}: {err}"))
+    return failing
 
 
 # -- re-aiming a BasePruner per step ------------------------------------------------------------------

@@ -264,8 +264,11 @@ class ChannelPruner:
                         **{k: (dict(v) if isinstance(v, dict) else v) for k, v in kwargs.items()},
                     )
             except Exception as err:
-                raise TracingError(f"{type(err).__name__}: {err}") from err
-            bad, roots = self._misgrouped()
+                # tracing may have worked and torch-pruning failed to map some group's channels
+                bad = self._unmappable(model, example_inputs, ignored, kwargs, err)
+                roots = []
+            else:
+                bad, roots = self._misgrouped()
             if not bad:
                 break
             names = {id(m): n for n, m in model.named_modules()} | {
@@ -287,6 +290,28 @@ class ChannelPruner:
             b.query_width for b in self._own
         )
         self._register_original_widths()
+
+    @staticmethod
+    def _unmappable(
+        model: nn.Module, example_inputs: object, ignored: list[object], kwargs: dict, err: Exception
+    ) -> list[tuple[object, str]]:
+        """After ``BasePruner`` failed with ``err``: the root layers whose groups torch-pruning cannot map
+        (traced on a graph of their own), with the reason; :class:`TracingError` if tracing itself fails, or
+        if no single group fails."""
+        try:
+            with hf.no_kv_cache(model):
+                graph = compat.trace_graph(model, example_inputs, kwargs.get("customized_pruners"),
+                                           kwargs.get("unwrapped_parameters"))  # fmt: skip
+        except Exception as trace_err:
+            raise TracingError(f"{type(trace_err).__name__}: {trace_err}") from trace_err
+        roots = kwargs.get("root_module_types") or ROOT_TYPES
+        failing = compat.failing_roots(graph, [m for m in ignored if isinstance(m, nn.Module)], tuple(roots))
+        if not failing:
+            raise ValueError(
+                f"torch-pruning traced the model but could not group its channels: {type(err).__name__}: {err}"
+            ) from err
+        return [(module, f"torch-pruning cannot map its channels through the model's reshapes and splits "
+                         f"({why})") for module, why in failing]  # fmt: skip
 
     def _misgrouped(self) -> tuple[list[tuple[object, str]], list[tuple[nn.Module, bool]]]:
         """Targets of groups that map channel indices past a layer's width, or that cannot be scored: the

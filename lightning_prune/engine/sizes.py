@@ -5,7 +5,8 @@ module stores beside them: timm's PoolFormer ``Scale`` reshapes its scale with `
 set at init, so after a prune ``scale.view(self.shape)`` fails. :class:`HeldSizes` records, for every
 module that is not one of torch-pruning's own layer types and holds parameters itself, its parameters'
 shapes and its integer (and integer-tuple) attributes at set-up (a module holding all its parameters
-itself; names of spatial sizes such as ``image_size`` or ``kernel_size`` excluded); after a prune, an
+itself; for a container such as a model holding a class token, only channel-size names like
+``hidden_dim``; names of spatial sizes such as ``image_size`` or ``kernel_size`` never); after a prune, an
 attribute that held a dimension's original size gets that dimension's size now.
 
 >>> import torch
@@ -49,6 +50,9 @@ STANDARD = (
 SPATIAL = re.compile("image|img|patch|window|resolution|kernel|stride|pad|dilation|pool|step|seq|len|position")
 
 
+CHANNELS = re.compile("dim|channel|feature|hidden|width|embed")
+
+
 def _is_size(value: Any) -> bool:
     if isinstance(value, bool):
         return False
@@ -69,12 +73,16 @@ class HeldSizes:
             if isinstance(module, STANDARD) or is_conv1d(module) or isinstance(module, nn.Sequential | nn.ModuleList):
                 continue
             params = {n: tuple(p.shape) for n, p in module.named_parameters(recurse=False)}
-            if not params or any(True for child in module.children() for _ in child.parameters()):
-                continue  # a layer of its own holds all its parameters itself (a container's sizes are others')
+            if not params:
+                continue
+            # a layer of its own holds all its parameters itself; a container (a model holding a class token)
+            # has many sizes of its submodules', so only its channel-size names count (``hidden_dim``)
+            container = any(True for child in module.children() for _ in child.parameters())
             sizes = {n for shape in params.values() for n in shape}
             attrs = {
                 k: v for k, v in vars(module).items()
                 if not k.startswith("_") and k != "training" and _is_size(v) and not SPATIAL.search(k)
+                and (not container or CHANNELS.search(k))
                 and (set([v] if isinstance(v, int) else v) & sizes)
             }  # fmt: skip
             if attrs:
