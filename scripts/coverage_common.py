@@ -31,7 +31,8 @@ PRUNES, LEFT_OUT, REFUSED, FAILED = "prunes", "prunes, layers left out", "refuse
 
 
 def run_one(build: Callable[[], Any], size: int, context: str) -> dict[str, Any]:
-    """Build the model, prune it inside a fit; the record of what happened."""
+    """Build the model, prune it inside a fit; the record of what happened. ``size``: the image size, or
+    minus the sequence length for a model of token ids (a Hugging Face model, called with ``input_ids``)."""
     import lightning.pytorch as pl
     import torch
     from torch import nn
@@ -48,12 +49,13 @@ def run_one(build: Callable[[], Any], size: int, context: str) -> dict[str, Any]
         def __init__(self, net: nn.Module) -> None:
             super().__init__()
             self.net = net
-            self.example_input_array = torch.randn(1, 3, size, size)
+            self.example_input_array = make_inputs(1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.net(x)
+            out = self.net(input_ids=x) if size < 0 else self.net(x)
             out = getattr(out, "logits", out)
-            return out[0] if isinstance(out, tuple) else out
+            out = out[0] if isinstance(out, tuple) else out
+            return out[:, -1] if out.dim() == 3 else out
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch
@@ -62,13 +64,16 @@ def run_one(build: Callable[[], Any], size: int, context: str) -> dict[str, Any]
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=1e-3)
 
+    def make_inputs(n: int) -> torch.Tensor:
+        return torch.randint(0, 100, (n, -size)) if size < 0 else torch.randn(n, 3, size, size)
+
     started = time.perf_counter()
     record: dict[str, Any] = {"context": context, "input": size}
     try:
         module = Classifier(build())
     except Exception as err:  # noqa: BLE001
         return {**record, "status": FAILED, "error": f"cannot build: {type(err).__name__}: {err}"}
-    x = torch.randn(2, 3, size, size)
+    x = make_inputs(2)
     data = DataLoader(TensorDataset(x, torch.tensor([0, 1])), batch_size=2)
     callback = PruningCallback(ratio=0.5, schedule="linear", end_epoch=1, context=context, verbose=False)
     trainer = pl.Trainer(

@@ -9,7 +9,7 @@ import torch
 import transformers as hf
 import zoo
 
-from lightning_prune import layer_report
+from lightning_prune import count_macs_params, layer_report
 from lightning_prune.engine.attention import width
 
 BERT = dict(vocab_size=zoo.VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -128,6 +128,13 @@ def test_hugging_face_model_prunes_inside_a_fit(family: str, context: str, tmp_p
 
 
 def test_gpt2_conv1d_is_pruned_and_counted_in_macs(tmp_path) -> None:
+    import torch_pruning as tp
+    from transformers.pytorch_utils import Conv1D
+
+    tp.utils.op_counter.MODULES_MAPPING.pop(Conv1D, None)  # as in a fresh process
+    dense = gpt2_lm()
+    lm_head = 8 * 32 * zoo.VOCAB
+    assert count_macs_params(dense, {"input_ids": torch.zeros(1, 8, dtype=torch.long)})[0] > 4 * lm_head
     module, callback, _ = zoo.prune_in_fit(gpt2_lm, *TOKENS, "local", tmp_path)
     net = module.net
     mlp = net.transformer.h[0].mlp
