@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .engine.inputs import map_tensors
-from .engine.pruner import ChannelPruner, plain_history
+from .engine.pruner import ChannelPruner, Restructurer, plain_history
 from .lightning_compat import loaded_checkpoint
 
 RECORD_KEY = "lightning_prune"
@@ -131,7 +131,7 @@ def _replay(module: nn.Module, record: Mapping[str, Any], prefix: str) -> None:
         raise ValueError(f"the pruning record names layers outside {prefix!r}; it does not match the module")
     inputs = record["example_inputs"]
     try:
-        pruner = ChannelPruner(module, inputs)
+        pruner = Restructurer(module, inputs)
     except Exception as err:
         raise ValueError(
             f"cannot rebuild the dependency graph of {type(module).__name__} with the checkpoint's example "

@@ -183,7 +183,69 @@ MISGROUPED = (
 )
 
 
-class ChannelPruner:
+class Restructurer:
+    """Replays pruning records on a model: torch-pruning's dependency graph (traced, nothing ranked) and the
+    model's attention blocks, with the sizes each prune leaves stale kept right. What ``restore_pruned``
+    needs; :class:`ChannelPruner` adds the ranking.
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1))
+    >>> Restructurer(net, torch.zeros(1, 3, 4, 4)).apply_records([["0", True, [0, 1]]])
+    >>> net[0].out_channels, net[1].in_channels
+    (6, 6)
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: object) -> None:
+        self.model = model
+        custom = hf.layer_pruners(model)
+        self._setup_sizes(model, example_inputs, tuple(custom))
+        try:
+            with hf.no_kv_cache(model):
+                self.graph = compat.trace_graph(model, example_inputs, custom, None)
+        except Exception as err:
+            raise TracingError(f"{type(err).__name__}: {err}") from err
+        compat.release_autograd(self.graph)
+
+    def _setup_sizes(self, model: nn.Module, example_inputs: object, custom: tuple) -> None:
+        """Attention blocks, tied weights and sizes held in attributes, found before any prune."""
+        hf.register_macs(model)
+        self._tied = hf.tied_parameters(model)
+        self._sizes = HeldSizes(model)
+        self._tracker: ParameterTracker | None = None
+        try:
+            self.blocks = find_attention(model, example_inputs, PRUNABLE_TYPES + custom)
+        except Exception as err:
+            raise TracingError(f"{type(err).__name__}: {err}") from err
+        self._own = [b for b in self.blocks if not b.unsupported]  # attention pruned here, not by torch-pruning
+
+    def _prune_layer(self, tracker: ParameterTracker | None, name: str, is_out: bool, idxs: list[int]) -> None:
+        prune_alone(self.graph, self.model, name, is_out, idxs, tracker)
+
+    def _replay_attention(self, record: Sequence, tracker: ParameterTracker | None) -> None:
+        owner, _, positions, kind = record[:4]
+        block = next((b for b in self._own if b.owner == owner), None)
+        if block is None:
+            raise ValueError(f"pruning record {list(record)!r} names no attention block of this model")
+        AttentionCut(block, kind, list(positions)).apply(partial(self._prune_layer, tracker))
+
+    def apply_records(self, history: Sequence[Sequence], tracker: ParameterTracker | None = None) -> None:
+        """Apply plain records (graph groups and attention cuts) in order, without recording them."""
+        with preserved_training_modes(self.model), torch.no_grad():
+            for record in history:
+                if len(record) > 3 and record[3] in (HEADS, DIMS):
+                    self._replay_attention(record, tracker)
+                else:
+                    replay_history(self.graph, [record], tracker)
+        self._after_prune()
+
+    def _after_prune(self) -> None:
+        """Everything a prune leaves stale: tied weights, attention sizes, the config."""
+        hf.retie(self._tied)
+        sync_attention(self.model, self.blocks)
+        self._sizes.sync()
+
+
+
+class ChannelPruner(Restructurer):
     """A dependency graph over ``model``, built once, and the means to prune it to absolute ratios.
 
     At set-up it also finds the model's attention blocks (:mod:`.attention`), registers layers torch-pruning
@@ -229,21 +291,13 @@ class ChannelPruner:
         custom = tuple(k for k in kwargs["customized_pruners"] if isinstance(k, type))
         if custom and "root_module_types" not in kwargs:
             kwargs["root_module_types"] = [*ROOT_TYPES, *custom]
-        hf.register_macs(model)
-        self._tied = hf.tied_parameters(model)
-        self._sizes = HeldSizes(model)
-        self._tracker: ParameterTracker | None = None
-        try:
-            self.blocks = find_attention(model, example_inputs, PRUNABLE_TYPES + custom)
-        except Exception as err:
-            raise TracingError(f"{type(err).__name__}: {err}") from err
+        self._setup_sizes(model, example_inputs, custom)
         self.left_out: list[LeftOut] = []
         skip_layers, skip_params = left_alone(model, self.blocks)
         for block in self.blocks:
             if block.unsupported:
                 self.left_out += [LeftOut(n, f"attention {block.owner!r}: {block.unsupported}")
                                   for n in [*block.projections, block.o] if n]  # fmt: skip
-        self._own = [b for b in self.blocks if not b.unsupported]  # attention pruned here, not by torch-pruning
         self._whole_heads = (bool(kwargs.get("prune_num_heads")), float(kwargs.get("head_pruning_ratio") or 0.0))
         self._head_fraction = 0.0
         kwargs = attention_kwargs(model, kwargs)
@@ -461,32 +515,6 @@ class ChannelPruner:
                 cut.apply(partial(self._prune_layer, self._tracker))
                 cuts.append(cut)
         return cuts
-
-    def _prune_layer(self, tracker: ParameterTracker | None, name: str, is_out: bool, idxs: list[int]) -> None:
-        prune_alone(self.graph, self.model, name, is_out, idxs, tracker)
-
-    def _replay_attention(self, record: Sequence, tracker: ParameterTracker | None) -> None:
-        owner, _, positions, kind = record[:4]
-        block = next((b for b in self._own if b.owner == owner), None)
-        if block is None:
-            raise ValueError(f"pruning record {list(record)!r} names no attention block of this model")
-        AttentionCut(block, kind, list(positions)).apply(partial(self._prune_layer, tracker))
-
-    def apply_records(self, history: Sequence[Sequence], tracker: ParameterTracker | None = None) -> None:
-        """Apply plain records (graph groups and attention cuts) in order, without recording them."""
-        with preserved_training_modes(self.model), torch.no_grad():
-            for record in history:
-                if len(record) > 3 and record[3] in (HEADS, DIMS):
-                    self._replay_attention(record, tracker)
-                else:
-                    replay_history(self.graph, [record], tracker)
-        self._after_prune()
-
-    def _after_prune(self) -> None:
-        """Everything a prune leaves stale: tied weights, attention sizes, the config."""
-        hf.retie(self._tied)
-        sync_attention(self.model, self.blocks)
-        self._sizes.sync()
 
     def prune_to(self, target: float, ratio_overrides: dict[nn.Module, float] | None = None) -> PruneStep:
         """Prune until ``target`` of the ORIGINAL prunable channels are removed; never un-prunes.

@@ -1,7 +1,6 @@
 """timm models, random init at toy sizes, pruned inside ``trainer.fit``: the vision transformers (ViT, DeiT,
-Swin, PoolFormer, Mixer, LeViT, EfficientFormer) and CNN families. Every test runs the checks of
-``zoo.prune_in_fit``; where torch-pruning mis-groups layers, the warning must name them and the reason.
-(MobileViTv2 prunes too, but torch-pruning takes minutes to group it: scripts/coverage_timm.py covers it.)"""
+Swin, PoolFormer, MobileViTv2, Mixer, LeViT, EfficientFormer) and CNN families. Every test runs the checks
+of ``zoo.prune_in_fit``; where torch-pruning mis-groups layers, the warning must name them and the reason."""
 
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ TRANSFORMERS = {
     "poolformer": (partial(MetaFormer, depths=(1, 1, 1, 1), dims=(16, 24, 32, 48), downsample_norm=None,
                            norm_layers=GroupNorm1, layer_scale_init_values=1e-5, res_scale_init_values=None,
                            use_mlp_head=False, mlp_act=torch.nn.GELU, num_classes=zoo.NUM_CLASSES), 32),  # fmt: skip
+    "mobilevitv2": (partial(create, "mobilevitv2_050"), 32),
     "mixer": (partial(MlpMixer, img_size=32, patch_size=8, num_blocks=2, embed_dim=64, mlp_layer=Mlp,
                       num_classes=zoo.NUM_CLASSES), 32),  # fmt: skip
     "levit": (partial(create, "levit_128s", img_size=64), 64),
@@ -46,6 +46,7 @@ CNNS = {
 # what each family must leave out, and why (a substring of the warning); absent: nothing left out
 LEFT_OUT = {
     "swin_tiny": ("not pruning layers that feed unsafe operations", "channels innermost"),  # patch merging
+    "mobilevitv2": ("attn.qkv_proj", "a split keeps one channel apart to broadcast"),  # the context query
     "mixer": ("mlp_tokens.fc2", "couples its channels with a dimension of another size"),  # token mixing
     "levit": ("attn.qkv", "split per head into keys and values of different sizes"),
     "efficientformer": ("token_mixer.qkv", "split per head into keys and values of different sizes"),
