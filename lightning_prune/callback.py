@@ -36,7 +36,7 @@ from .engine.pruner import ChannelPruner, PruneStep
 from .engine.report import LayerRow, layer_report, render_layer_report
 from .engine.safety import describe
 from .engine.schedules import Schedule
-from .engine.session import ScheduledPruning, describe_event
+from .engine.session import ScheduledPruning, describe_event, describe_left_out
 from .engine.spec import PruningSpec, resolve_end_epoch
 from .lightning_compat import first_training_batch, spawns_ranks, start_method
 
@@ -180,6 +180,11 @@ class PruningCallback(SessionCallback):
         return [] if self.session is None else [op.module for op in self.session.unsafe]
 
     @property
+    def left_out(self) -> list[str]:
+        """Layers (and bare parameters) left unpruned because torch-pruning cannot group them correctly."""
+        return [] if self.session is None else [o.name for o in self.session.left_out]
+
+    @property
     def example_inputs(self) -> Any:
         """The fit's one-sample example inputs, on the model's device once the fit has started."""
         return None if self.session is None else self.session.inputs
@@ -238,6 +243,8 @@ class PruningCallback(SessionCallback):
             rank_zero_warn(
                 f"PruningCallback: not pruning layers that feed unsafe operations: {describe(session.unsafe)}"
             )
+        if session.left_out:
+            rank_zero_warn(f"PruningCallback: not pruning {describe_left_out(session.left_out)}")
         if session.pruner.build_seconds > self.spec.graph_build_warn_s:
             rank_zero_warn(
                 f"PruningCallback: building the dependency graph took {session.pruner.build_seconds:.1f}s "

@@ -29,12 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from .engine.compat import preserved_training_modes, traceable
 from .engine.inputs import map_tensors
-from .engine.pruner import ChannelPruner, plain_history, replay_history
+from .engine.pruner import ChannelPruner, Restructurer, plain_history
 from .lightning_compat import loaded_checkpoint
 
 RECORD_KEY = "lightning_prune"
@@ -152,20 +150,18 @@ def first_shape_mismatch(module: nn.Module, state_dict: Mapping[str, Any]) -> st
 
 
 def _replay(module: nn.Module, record: Mapping[str, Any], prefix: str) -> None:
-    history = [[name[len(prefix):], is_out, idxs] for name, is_out, idxs in record["history"]]
-    if prefix and any(not name.startswith(prefix) for name, _, _ in record["history"]):
+    history = [[r[0][len(prefix) :], *r[1:]] for r in record["history"]]
+    if prefix and any(not r[0].startswith(prefix) for r in record["history"]):
         raise ValueError(f"the pruning record names layers outside {prefix!r}; it does not match the module")
     inputs = record["example_inputs"]
     try:
-        with traceable(module):
-            graph = tp.DependencyGraph().build_dependency(module, example_inputs=inputs)
+        pruner = Restructurer(module, inputs)
     except Exception as err:
         raise ValueError(
             f"cannot rebuild the dependency graph of {type(module).__name__} with the checkpoint's example "
             f"inputs: {type(err).__name__}: {err}"
         ) from err
-    with preserved_training_modes(module), torch.no_grad():
-        replay_history(graph, history)
+    pruner.apply_records(history)
 
 
 def restructure(module: nn.Module, checkpoint: Mapping[str, Any]) -> bool:

@@ -19,6 +19,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .hf import conv1d_width, is_conv1d, no_kv_cache, register_macs
+
 TOTAL = "TOTAL"
 
 
@@ -50,7 +52,9 @@ def count_macs_params(model: nn.Module, example_inputs: object) -> tuple[int, in
     >>> count_macs_params(torch.nn.Linear(4, 2), torch.zeros(1, 4))
     (10, 10)
     """
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    register_macs(model)  # transformers' Conv1D
+    with no_kv_cache(model):
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     return int(macs), int(params)
 
 
@@ -79,6 +83,8 @@ def output_channels(module: nn.Module) -> int | None:
     >>> output_channels(torch.nn.Conv2d(3, 5, 1)), output_channels(torch.nn.ReLU())
     (5, None)
     """
+    if is_conv1d(module):  # transformers' Conv1D
+        return conv1d_width(module)[1]
     for attr in ("out_channels", "out_features", "embed_dim", "hidden_size"):
         value = getattr(module, attr, None)
         if isinstance(value, int):
@@ -94,7 +100,8 @@ def layer_report(
     Layers are the leaf modules with output channels (convolutions, linear layers, attention). With a
     ``baseline`` (the rows of the unpruned model) each row also carries the original values.
     """
-    with torch.no_grad():
+    register_macs(model)
+    with torch.no_grad(), no_kv_cache(model):
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
             model, example_inputs, layer_wise=True
         )
