@@ -230,11 +230,11 @@ class Restructurer:
     def apply_records(self, history: Sequence[Sequence], tracker: ParameterTracker | None = None) -> None:
         """Apply plain records (graph groups and attention cuts) in order, without recording them."""
         with preserved_training_modes(self.model), torch.no_grad():
-            for record in history:
+            for step, record in enumerate(history):
                 if len(record) > 3 and record[3] in (HEADS, DIMS):
                     self._replay_attention(record, tracker)
                 else:
-                    replay_history(self.graph, [record], tracker)
+                    replay_history(self.graph, [record], tracker, first_step=step)
         self._after_prune()
 
     def _after_prune(self) -> None:
@@ -602,15 +602,16 @@ def prune_alone(
 
 
 def replay_history(
-    graph: tp.DependencyGraph, history: Sequence[Sequence], tracker: ParameterTracker | None = None
+    graph: tp.DependencyGraph, history: Sequence[Sequence], tracker: ParameterTracker | None = None,
+    first_step: int = 0,
 ) -> None:
     """Apply plain pruning records ``[module name, is_out, indices]`` through ``graph``, in order (attention
-    records need the pruner: :meth:`ChannelPruner.apply_records`).
+    records need the pruner: :meth:`ChannelPruner.apply_records`); errors number records from ``first_step``.
 
     Unlike torch-pruning's own history replay, this names the record that does not fit the model.
     """
     model = graph.model
-    for step, (name, is_out, idxs, *flags) in enumerate(history):
+    for step, (name, is_out, idxs, *flags) in enumerate(history, start=first_step):
         try:
             if flags:
                 raise ValueError(f"an attention record ({flags[0]}) replays through ChannelPruner.apply_records")

@@ -139,11 +139,10 @@ def test_custom_prunable_types_take_the_blame_for_their_outputs():
         def forward(self, x):
             return self.fc(self.scale(self.conv(x)).view(1, 1024))
 
-    reason = "view/reshape to a fixed size of 1024 over its channels"
     # unknown to the check, the scale only passes conv's channels through
-    assert find_unsafe_ops(Scaled(), X) == [UnsafeOp("conv", reason)]
+    assert [op.module for op in find_unsafe_ops(Scaled(), X)] == ["conv"]
     # registered as prunable, it produces channels of its own: it is the one to ignore
-    assert find_unsafe_ops(Scaled(), X, PRUNABLE_TYPES + (ChannelScale,)) == [UnsafeOp("scale", reason)]
+    assert [op.module for op in find_unsafe_ops(Scaled(), X, PRUNABLE_TYPES + (ChannelScale,))] == ["scale"]
 
 
 def test_multihead_attention_counts_as_one_layer():
