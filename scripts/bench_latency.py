@@ -42,8 +42,9 @@ from bench_common import (  # noqa: E402
     set_threads,
     write_json,
 )
+from torchvision.models import resnet18, resnet50  # noqa: E402
 
-from lightning_prune.app.models import resnet18, resnet50, small_cnn  # noqa: E402
+from lightning_prune.app.models import small_cnn  # noqa: E402
 from lightning_prune.engine.latency import pairwise_latencies, pairwise_ratio  # noqa: E402
 from lightning_prune.engine.report import count_macs_params  # noqa: E402
 

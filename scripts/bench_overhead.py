@@ -48,10 +48,11 @@ from bench_common import (  # noqa: E402
     time_hooks,
     write_json,
 )
+from torchvision.models import resnet18, resnet50  # noqa: E402
 
 from lightning_prune import PruningCallback  # noqa: E402
 from lightning_prune.app.data import DigitsDataModule  # noqa: E402
-from lightning_prune.app.models import resnet18, resnet50, small_cnn  # noqa: E402
+from lightning_prune.app.models import small_cnn  # noqa: E402
 from lightning_prune.app.module import ClassifierModule  # noqa: E402
 from lightning_prune.engine.pruner import ChannelPruner  # noqa: E402
 from lightning_prune.engine.report import count_macs_params  # noqa: E402

@@ -1,13 +1,14 @@
 """Time and memory of building the dependency graph (``ChannelPruner``) on CPU, one-sample inputs.
 
-For resnet50 at 224x224 (``lightning_prune.app.models``) and a ViT-B-sized model (12 blocks, dim 768, 12 heads,
-16x16 patches at 224x224, timm-style attention with its own qkv Linear: ``models.VisionTransformer``).
+For torchvision's resnet50 at 224x224 and timm's ViT-B/16 (``timm.models.vision_transformer.VisionTransformer``
+with its defaults: 12 blocks, dim 768, 12 heads, 16x16 patches at 224x224, attention with its own qkv Linear).
 Each measurement runs in a fresh process: the peak RSS increase is the highest RSS sampled every 5 ms during
 the build minus the RSS before it (the model and inputs already allocated); "retained" is the RSS increase
 still held once the build returned, with and without releasing the traced autograd graph
 (:func:`lightning_prune.engine.compat.release_autograd`).
 
     python scripts/measure_graph_build.py            # prints a markdown table, writes scripts/results/graph_build.json
+    python scripts/measure_graph_build.py --models resnet50 --out /tmp/graph_build.json     # one model
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ def rss_mib() -> float:
 
 def measure(model_name: str, release: bool) -> dict[str, float | str | bool]:
     """Build the graph once in this process and report time and memory."""
+    from timm.models.vision_transformer import VisionTransformer
+    from torchvision.models import resnet50
+
     import lightning_prune.engine.pruner as pruner_module
-    from lightning_prune.app.models import VisionTransformer, resnet50
     from lightning_prune.engine.attention import attention_kwargs
     from lightning_prune.engine.pruner import ChannelPruner, find_output_layers
 
@@ -91,19 +94,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "RELEASE"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["resnet50", "vit_b16"], choices=["resnet50", "vit_b16"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1] == "1")))
         return
     rows = []
-    for model_name in ("resnet50", "vit_b16"):
+    for model_name in args.models:
         for release in (True, False):
             cmd = [sys.executable, __file__, "--threads", str(args.threads), "--one", model_name, str(int(release))]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"cpu_threads": args.threads, "rows": rows}, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"cpu_threads": args.threads, "rows": rows}, indent=1) + "\n")
     print("| model | params (M) | autograd graph released | build (s) | peak RSS increase (MiB) | retained (MiB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -10,8 +10,6 @@ import torch_pruning as tp
 from conftest import PlainNet, ResidualNet, conv_bn
 from torch import nn
 
-from lightning_prune.app.models import VisionTransformer
-
 __all__ = ["PlainNet", "ResidualNet"]
 
 
@@ -142,6 +140,71 @@ class ConvNeXtNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(self.blocks(self.stem(x)).mean((2, 3))))
+
+
+class Attention(nn.Module):
+    """timm-style multi-head self-attention: one ``qkv`` Linear, stored ``num_heads`` and ``head_dim`` (the
+    callback keeps both right when it prunes head dims or whole heads)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block; attention by :class:`Attention` or ``nn.MultiheadAttention`` (``torch_mha``)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, torch_mha: bool = False) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.torch_mha = torch_mha
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True) if torch_mha else Attention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + (self.attn(y, y, y, need_weights=False)[0] if self.torch_mha else self.attn(y))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """A ViT: ``patch``-sized patches, class token, position embedding, ``depth`` blocks, linear ``head``.
+
+    >>> VisionTransformer(num_classes=3, dim=16, depth=1, heads=2, image=8, patch=4)(torch.zeros(2, 3, 8, 8)).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        dim: int = 768,
+        depth: int = 12,
+        heads: int = 12,
+        image: int = 224,
+        patch: int = 16,
+        mlp_ratio: int = 4,
+        torch_mha: bool = False,
+    ) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp_ratio, torch_mha) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
 
 
 def ViT(num_classes: int = 4, torch_mha: bool = False) -> VisionTransformer:  # noqa: N802 - a model

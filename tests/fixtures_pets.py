@@ -1,4 +1,5 @@
-"""A tiny Oxford-IIIT Pet look-alike: the official folder layout, file naming and annotation format.
+"""A tiny Oxford-IIIT Pet look-alike: the official folder layout, file naming and annotation format, in
+torchvision's place for it (``ROOT/oxford-iiit-pet/``).
 
 Four breeds (two cat breeds, capitalised, and two dog breeds, lower-case, as in the real data set), plus the
 kinds of awkward files the real ``images.tar.gz`` holds: a grayscale JPEG, PNG data under a ``.jpg`` name, a
@@ -43,14 +44,15 @@ def _random_image(rng: np.random.Generator, size: tuple[int, int]) -> Image.Imag
 
 
 def make_pets_fixture(root: Path, n_per_breed: int = 3) -> Path:
-    """Write ``root/images/*.jpg`` and ``root/annotations/{list,trainval,test}.txt``; returns ``root``.
+    """Write ``root/oxford-iiit-pet/images/*.jpg`` and ``.../annotations/{list,trainval,test}.txt``; returns
+    ``root``, the data module's ``root``.
 
     Each breed gets ``n_per_breed`` ordinary JPEGs (alternately 40x30 and 30x50); the last of them goes to
     ``test.txt``, the others to ``trainval.txt``. The awkward files are listed in ``trainval.txt``, except the
     grayscale one, which is in ``test.txt``.
     """
     rng = np.random.default_rng(0)
-    images, annotations = root / "images", root / "annotations"
+    images, annotations = root / "oxford-iiit-pet" / "images", root / "oxford-iiit-pet" / "annotations"
     images.mkdir(parents=True)
     annotations.mkdir(parents=True)
     trainval: list[str] = []
@@ -79,9 +81,10 @@ def make_pets_fixture(root: Path, n_per_breed: int = 3) -> Path:
 
 
 def pack_pets_tarballs(fixture: Path, out_dir: Path) -> dict[str, Path]:
-    """Pack ``fixture/images`` and ``fixture/annotations`` as ``images.tar.gz`` and ``annotations.tar.gz`` in
+    """Pack the fixture's ``images`` and ``annotations`` as ``images.tar.gz`` and ``annotations.tar.gz`` in
     ``out_dir``, with top-level folders ``images/`` and ``annotations/`` like the official archives.
     """
+    fixture = fixture / "oxford-iiit-pet"
     out_dir.mkdir(parents=True, exist_ok=True)
     tarballs = {}
     for part in ("images", "annotations"):

@@ -1,7 +1,10 @@
-"""Lightning data modules for scikit-learn's digits (offline) and Oxford-IIIT Pet, with Pillow and torch only.
+"""Lightning data modules for scikit-learn's digits (offline), CIFAR-10 and Oxford-IIIT Pet.
 
-``DigitsDataModule`` needs no files: the 8x8 digits ship with scikit-learn. ``PetsDataModule`` downloads the
-official Oxford-IIIT Pet archives once (``prepare_data``), checks their md5 and extracts them safely.
+``DigitsDataModule`` needs no files: the 8x8 digits ship with scikit-learn. ``CIFAR10DataModule`` reads a local
+copy laid out for torchvision's ``ImageFolder`` (or a ``.tar.gz`` of it, extracted once), or downloads the
+official release with ``torchvision.datasets.CIFAR10``. ``PetsDataModule`` uses
+``torchvision.datasets.OxfordIIITPet`` (download, md5 check, extraction, official split), skipping unreadable
+files. Transforms are ``torchvision.transforms.v2`` pipelines.
 
 >>> datamodule = DigitsDataModule(size=16, channels=1)
 >>> datamodule.setup()
@@ -12,19 +15,15 @@ official Oxford-IIIT Pet archives once (``prepare_data``), checks their md5 and 
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import posixpath
 import shutil
-import sys
 import tarfile
 import tempfile
-import time
-import urllib.request
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -32,121 +31,43 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torchvision.datasets import CIFAR10, ImageFolder, OxfordIIITPet
+from torchvision.transforms import v2
 
 from .sampling import EpochShuffle
 
 __all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "PETS_BASE_URL",
-    "PETS_MD5",
+    "CIFAR10DataModule",
     "DigitsDataModule",
-    "EvalImageTransform",
-    "ImageFileDataset",
+    "PetImages",
     "PetsDataModule",
-    "TrainImageTransform",
-    "download_url",
+    "balanced_subset",
+    "cifar10_transform",
     "extract_tarball",
-    "file_md5",
+    "imagenet_transform",
     "load_rgb",
-    "to_normalized_tensor",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-PETS_BASE_URL = "https://thor.robots.ox.ac.uk/datasets/pets"
-PETS_MD5 = {
-    "images.tar.gz": "5c4f3ee8e5d25df40f4fd59a7f44e54c",
-    "annotations.tar.gz": "95a8c909bbe2e81eed6a22bccdb3f1b2",
-}
+# per-channel mean and standard deviation of the 50,000 CIFAR-10 training images
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_TRAIN_SIZE, CIFAR10_TEST_SIZE = 50_000, 10_000
 PETS_NUM_BREEDS = 37
 
-_CHUNK = 1 << 20
-
 
 # ----------------------------------------------------------------------------------------------------
-# Downloads and archives
+# Local archives: torchvision extracts with tarfile's defaults, which trust the archive; a local copy
+# is checked member by member and moved into place only once complete
 # ----------------------------------------------------------------------------------------------------
-
-
-def file_md5(path: str | os.PathLike) -> str:
-    """The hexadecimal md5 of a file, read in chunks.
-
-    >>> import tempfile, pathlib
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "hello.txt"
-    >>> _ = path.write_bytes(b"hello")
-    >>> file_md5(path)
-    '5d41402abc4b2a76b9719d911017c592'
-    """
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _show_progress(name: str, done: int, total: int | None) -> None:
-    if total:
-        bar = "#" * int(30 * done / total)
-        sys.stderr.write(f"\r{name}: [{bar:<30}] {100 * done / total:5.1f}% of {total / 1e6:.1f} MB")
-    else:
-        sys.stderr.write(f"\r{name}: {done / 1e6:.1f} MB")
-    sys.stderr.flush()
-
-
-def download_url(
-    url: str,
-    destination: str | os.PathLike,
-    md5: str | None = None,
-    progress: bool = True,
-    timeout: float = 60.0,
-) -> Path:
-    """Download ``url`` to the file ``destination``, atomically, and check its md5 when ``md5`` is given.
-
-    The data goes to a temporary file in the destination's folder that replaces ``destination`` only once
-    it is complete and verified, so an interrupted or corrupt download never leaves a partial file under the
-    final name. A checksum mismatch raises ``RuntimeError``; network failures raise
-    ``urllib.error.URLError`` or ``OSError``. ``progress`` draws a progress bar on stderr.
-
-    >>> import tempfile, pathlib
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (folder / "source.txt").write_bytes(b"hello")
-    >>> source = folder / "source.txt"
-    >>> copy = download_url(source.as_uri(), folder / "copy.txt", md5=file_md5(source), progress=False)
-    >>> copy.read_bytes()
-    b'hello'
-    """
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    try:
-        digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            done, last_shown = 0, 0.0
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress and time.monotonic() - last_shown > 0.5:
-                    _show_progress(destination.name, done, total)
-                    last_shown = time.monotonic()
-        if progress:
-            _show_progress(destination.name, done, total)
-            sys.stderr.write("\n")
-        if md5 is not None and digest.hexdigest() != md5.lower():
-            raise RuntimeError(
-                f"checksum mismatch for {url}: expected md5 {md5}, got {digest.hexdigest()}; "
-                "the download was discarded, try again"
-            )
-        os.replace(partial, destination)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
-    return destination
 
 
 def _escapes(path: str) -> bool:
@@ -232,8 +153,10 @@ def extract_tarball(archive: str | os.PathLike, destination: str | os.PathLike) 
     return created
 
 
+
+
 # ----------------------------------------------------------------------------------------------------
-# Image loading and transforms: Pillow + torch, randomness from torch's RNG so DataLoader seeding applies
+# Images and transforms (torchvision.transforms.v2; randomness from torch's RNG, so DataLoader seeding applies)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -256,126 +179,94 @@ def load_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
         return image.convert("RGB")
 
 
-def to_normalized_tensor(
-    image: Image.Image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> torch.Tensor:
-    """An RGB image as a float CHW tensor in [0, 1], then normalised per channel: ``(x - mean) / std``.
-
-    >>> white = Image.new("RGB", (3, 2), (255, 255, 255))
-    >>> to_normalized_tensor(white, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))[:, 0, 0]
-    tensor([1., 1., 1.])
-    """
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
-    mean_t = torch.tensor(mean, dtype=pixels.dtype).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=pixels.dtype).view(-1, 1, 1)
-    return (pixels - mean_t) / std_t
 
 
-class TrainImageTransform:
-    """Random resized crop (torchvision's ``RandomResizedCrop`` algorithm) to ``size`` x ``size``, random
-    horizontal flip, then :func:`to_normalized_tensor`.
+def imagenet_transform(size: int, train: bool) -> v2.Compose:
+    """Photos to ``size`` x ``size`` tensors with ImageNet normalisation.
 
-    The crop covers a fraction of the area drawn uniformly from ``scale`` with an aspect ratio drawn
-    log-uniformly from ``ratio``; after 10 failed draws it falls back to a centre crop of clamped aspect
-    ratio.
+    Training: a random resized crop (35-100% of the area) and a random horizontal flip; evaluation: the
+    shorter side resized to ``size`` and a centre crop.
 
-    >>> TrainImageTransform(32)(Image.new("RGB", (50, 40))).shape
+    >>> imagenet_transform(32, train=True)(Image.new("RGB", (50, 40))).shape
     torch.Size([3, 32, 32])
+    """
+    geometry = (
+        [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        if train
+        else [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    )
+    return v2.Compose(
+        [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+
+
+def cifar10_transform(train: bool) -> v2.Compose:
+    """CIFAR-10's standard pipeline: for training a random 32x32 crop of the image zero-padded by 4 pixels and
+    a random horizontal flip; always CIFAR-10 mean/std normalisation.
+
+    >>> cifar10_transform(train=True)(Image.new("RGB", (32, 32))).shape
+    torch.Size([3, 32, 32])
+    """
+    augment = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if train else []
+    return v2.Compose(
+        [v2.ToImage(), *augment, v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
+    )
+
+
+def balanced_subset(targets: Sequence[int], size: int, seed: int = 0, key: str = "train_subset") -> list[int]:
+    """Sorted indices of ``size`` samples spread evenly over the classes of ``targets``, drawn with ``seed``.
+
+    Every class gets ``size // n_classes`` samples; the remainder goes, one each, to classes drawn at random.
+    A class with too few samples raises ``ValueError`` naming ``key``.
+
+    >>> targets = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    >>> [targets[i] for i in balanced_subset(targets, size=4)]
+    [0, 0, 1, 1]
+    """
+    labels = torch.as_tensor(list(targets))
+    classes = torch.unique(labels).tolist()
+    generator = torch.Generator().manual_seed(seed)
+    per_class, extra = divmod(size, len(classes))
+    bonus = set(torch.randperm(len(classes), generator=generator)[:extra].tolist())
+    picked: list[int] = []
+    for position, label in enumerate(classes):
+        members = (labels == label).nonzero().flatten()
+        wanted = per_class + (position in bonus)
+        if wanted > len(members):
+            raise ValueError(
+                f"{key}={size} is invalid: class {label} has only {len(members)} images; "
+                f"a balanced subset of these {len(labels)} images must have at most "
+                f"{len(classes) * int(torch.bincount(labels).min())} of them"
+            )
+        picked += members[torch.randperm(len(members), generator=generator)[:wanted]].tolist()
+    return sorted(picked)
+
+
+class PetImages(OxfordIIITPet):
+    """torchvision's Oxford-IIIT Pet (its download, md5 check, extraction and split lists) for one task.
+
+    ``task="binary"`` gives torchvision's ``binary-category`` target (0 = cat, 1 = dog), ``"breeds"`` its
+    37-class ``category``. Images are read with :func:`load_rgb`, so grayscale, CMYK, palette and PNG files
+    (the real archive has a few of each, some under a ``.jpg`` name) all become RGB. ``files`` and
+    ``targets`` list every image of the split with its label.
     """
 
     def __init__(
         self,
-        size: int,
-        scale: tuple[float, float] = (0.35, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        root: str | os.PathLike,
+        split: str,
+        task: str,
+        transform: Callable[[Image.Image], Any] | None = None,
+        download: bool = False,
     ) -> None:
-        self.size, self.scale, self.ratio, self.mean, self.std = size, scale, ratio, mean, std
+        target_type = "binary-category" if task == "binary" else "category"
+        super().__init__(root, split=split, target_types=target_type, transform=transform, download=download)
+        self.files: list[Path] = list(self._images)
+        self.targets: list[int] = list(self._bin_labels if task == "binary" else self._labels)
 
-    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """The crop as ``(top, left, height, width)``, drawn with torch's RNG."""
-        area = width * height
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
-            aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
-            crop_w = round(math.sqrt(target_area * aspect))
-            crop_h = round(math.sqrt(target_area / aspect))
-            if 0 < crop_w <= width and 0 < crop_h <= height:
-                top = int(torch.randint(0, height - crop_h + 1, (1,)).item())
-                left = int(torch.randint(0, width - crop_w + 1, (1,)).item())
-                return top, left, crop_h, crop_w
-        in_ratio = width / height
-        if in_ratio < min(self.ratio):
-            crop_w, crop_h = width, round(width / min(self.ratio))
-        elif in_ratio > max(self.ratio):
-            crop_w, crop_h = round(height * max(self.ratio)), height
-        else:
-            crop_w, crop_h = width, height
-        return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        top, left, crop_h, crop_w = self.crop_box(*image.size)
-        box = (left, top, left + crop_w, top + crop_h)
-        image = image.resize((self.size, self.size), Image.BILINEAR, box=box)
-        if torch.rand(1).item() < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_normalized_tensor(image, self.mean, self.std)
-
-
-class EvalImageTransform:
-    """Resize the shorter side to ``size``, centre-crop ``size`` x ``size``, then
-    :func:`to_normalized_tensor`.
-
-    >>> EvalImageTransform(32)(Image.new("RGB", (30, 50))).shape
-    torch.Size([3, 32, 32])
-    """
-
-    def __init__(
-        self, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-    ) -> None:
-        self.size, self.mean, self.std = size, mean, std
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        width, height = image.size
-        if width <= height:
-            new_w, new_h = self.size, int(self.size * height / width)
-        else:
-            new_w, new_h = int(self.size * width / height), self.size
-        image = image.resize((new_w, new_h), Image.BILINEAR)
-        top = round((new_h - self.size) / 2)
-        left = round((new_w - self.size) / 2)
-        image = image.crop((left, top, left + self.size, top + self.size))
-        return to_normalized_tensor(image, self.mean, self.std)
-
-
-class ImageFileDataset(Dataset):
-    """``(transform(load_rgb(path)), label)`` pairs from lists of image files and integer labels.
-
-    >>> import tempfile, pathlib
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.jpg"
-    >>> Image.new("RGB", (40, 30)).save(path)
-    >>> image, label = ImageFileDataset([path], [1], EvalImageTransform(16))[0]
-    >>> image.shape, label
-    (torch.Size([3, 16, 16]), 1)
-    """
-
-    def __init__(
-        self,
-        files: Sequence[Path],
-        labels: Sequence[int],
-        transform: Callable[[Image.Image], torch.Tensor],
-    ) -> None:
-        if len(files) != len(labels):
-            raise ValueError(f"{len(files)} files but {len(labels)} labels")
-        self.files, self.labels, self.transform = list(files), list(labels), transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb(self.files[index])), self.labels[index]
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = load_rgb(self.files[index])
+        return (self.transform(image) if self.transform else image), self.targets[index]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -477,38 +368,156 @@ class DigitsDataModule(_SplitDataModule):
         self.val_dataset = TensorDataset(images[self.val_indices], labels[self.val_indices])
 
 
-def _has_files(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.iterdir())
 
 
-def _read_stems(listing: Path) -> list[str]:
-    """First token of each line of an Oxford-IIIT Pet annotation list, skipping ``#`` comments and blanks."""
-    lines = listing.read_text().splitlines()
-    return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+def _check_subset(key: str, value: object, total: int) -> None:
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 10 <= value <= total):
+        raise ValueError(
+            f"{key}={value!r} is invalid; it must be null (all {total:,} images) or an integer in [10, {total}] "
+            "(a class-balanced subset)"
+        )
+
+
+class CIFAR10DataModule(_SplitDataModule):
+    """CIFAR-10 (Krizhevsky, 2009): 60,000 32x32 colour images of 10 classes; 50,000 train, 10,000 test.
+
+    The images come from the first of these that exists:
+
+    1. ``root/train/<class>/*`` and ``root/test/<class>/*``: a local copy in ``ImageFolder``'s layout (JPEG
+       or any format Pillow reads), laid out by hand or extracted from ``archive``;
+    2. ``root/cifar-10-batches-py``: torchvision's copy of the official (python) release;
+    3. ``archive``: a ``.tar.gz`` (or ``.tar``) holding ``train/<class>/*.jpg`` and ``test/<class>/*.jpg`` at
+       its top level, extracted into ``root`` once by ``prepare_data()``;
+    4. with ``download=True``, ``torchvision.datasets.CIFAR10`` downloads the official release into ``root``.
+
+    The class folders must be CIFAR-10's ten class names (:data:`CIFAR10_CLASSES`, which sort into
+    CIFAR-10's label order). Validation and test use the test split. ``train_subset=N`` trains on a
+    class-balanced, ``seed``-ed subset of N training images (:func:`balanced_subset`), ``val_subset=M``
+    validates on one of M test images: for short CPU runs.
+    Training images get :func:`cifar10_transform` (padded random crop, flip), all images its normalisation.
+
+    >>> CIFAR10DataModule(root="data/cifar10").input_shape
+    (3, 32, 32)
+    """
+
+    num_classes = 10
+    classes = list(CIFAR10_CLASSES)
+
+    def __init__(
+        self,
+        root: str | os.PathLike = "data/cifar10",
+        archive: str | os.PathLike | None = None,
+        download: bool = True,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_subset("train_subset", train_subset, CIFAR10_TRAIN_SIZE)
+        _check_subset("val_subset", val_subset, CIFAR10_TEST_SIZE)
+        self.root = Path(root)
+        self.archive = None if archive is None else Path(archive)
+        self.download, self.train_subset, self.val_subset = download, train_subset, val_subset
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.input_shape = (3, 32, 32)
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        if not download and self._layout() is None and not self._archive_found():
+            raise self._missing_error("download=False")
+
+    def _layout(self) -> str | None:
+        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
+            return "folders"
+        if (self.root / CIFAR10.base_folder).is_dir():
+            return "torchvision"
+        return None
+
+    def _archive_found(self) -> bool:
+        return self.archive is not None and self.archive.is_file()
+
+    def _missing_error(self, reason: str) -> FileNotFoundError:
+        archive = "no archive given" if self.archive is None else f"the archive {str(self.archive)!r} (not found)"
+        return FileNotFoundError(
+            f"CIFAR-10 is not available: {reason}. Looked for {self.root}/train and {self.root}/test "
+            f"(train/<class>/*.jpg, test/<class>/*.jpg), {self.root}/{CIFAR10.base_folder} (torchvision's copy) "
+            f"and {archive}. Set data.root to a folder holding one of them, data.archive to a .tar.gz of "
+            "train/<class>/*.jpg and test/<class>/*.jpg, or data.download=true to download CIFAR-10."
+        )
+
+    def prepare_data(self) -> None:
+        if self._layout() is not None:
+            return
+        if self._archive_found():
+            extract_tarball(self.archive, self.root)
+            if self._layout() != "folders":
+                raise ValueError(
+                    f"data.archive={str(self.archive)!r} does not hold train/<class>/*.jpg and test/<class>/*.jpg "
+                    f"at its top level (extracted into {self.root})"
+                )
+            return
+        if not self.download:
+            raise self._missing_error("download=False")
+        try:
+            CIFAR10(self.root, train=True, download=True)
+        except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad md5 a RuntimeError
+            raise self._missing_error(f"it could not be downloaded from {CIFAR10.url} ({error})") from error
+
+    def _folder(self, split: str, train: bool) -> ImageFolder:
+        dataset = ImageFolder(self.root / split, transform=cifar10_transform(train))
+        if tuple(dataset.classes) != CIFAR10_CLASSES:
+            raise ValueError(
+                f"the class folders of {self.root / split} are {dataset.classes}; "
+                f"CIFAR-10's are {list(CIFAR10_CLASSES)}"
+            )
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        layout = self._layout()
+        if layout == "folders":
+            train, test = self._folder("train", train=True), self._folder("test", train=False)
+        elif layout == "torchvision":
+            train = CIFAR10(self.root, train=True, transform=cifar10_transform(True))
+            test = CIFAR10(self.root, train=False, transform=cifar10_transform(False))
+        else:
+            raise self._missing_error("prepare_data() has not put it in place (was it run?)")
+        self.train_dataset = self._subset(train, "train_subset", self.train_subset)
+        self.val_dataset = self._subset(test, "val_subset", self.val_subset)
+
+    def _subset(self, dataset: ImageFolder | CIFAR10, key: str, size: int | None) -> Dataset:
+        if size is None:
+            return dataset
+        return Subset(dataset, balanced_subset(dataset.targets, size, self.seed, key=key))
+
+
+def _unreadable(path: Path, size: int) -> bool:
+    try:
+        load_rgb(path, draft_size=size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return True
+    return False
 
 
 class PetsDataModule(_SplitDataModule):
     """Oxford-IIIT Pet: 7,349 photos of 37 cat and dog breeds, as cat-vs-dog or as breeds.
 
-    ``task="binary"``: the fastai convention, class 1 = cat (file names of cat breeds start with a capital
-    letter), class 0 = dog. ``task="breeds"``: 37 classes, the breed names (file name up to the last ``_``)
-    sorted case-sensitively, so the 12 capitalised cat breeds come first; ``classes`` lists them after
-    ``setup()``. Note this is not the order of the CLASS_ID column of ``annotations/list.txt``.
+    The data set is torchvision's :class:`~torchvision.datasets.OxfordIIITPet` (here :class:`PetImages`): it
+    lives in ``root/oxford-iiit-pet/`` (``images/*.jpg`` and ``annotations/{trainval,test}.txt``), and
+    ``prepare_data()`` downloads and extracts the official archives there unless those folders exist (the
+    archives ``images.tar.gz`` and ``annotations.tar.gz`` already in that folder are checked and used, not
+    downloaded again). Offline, lay out those files by hand.
 
-    ``prepare_data()`` downloads ``images.tar.gz`` and ``annotations.tar.gz`` from ``base_url`` into
-    ``root`` unless ``root/images`` (and ``root/annotations``) already hold files, checks their md5 against
-    ``checksums`` (file name -> md5, the official values by default; a file missing from the mapping is not
-    checked) and extracts them. The archives are kept in ``root`` and reused; they may be deleted once
-    extracted. With ``download=False`` only ``root/images`` is required.
+    ``task="binary"``: torchvision's species label, 0 = cat and 1 = dog. ``task="breeds"``: the 37 breeds in
+    the order of the CLASS_ID column; ``classes`` names the classes after ``setup()``. Training uses the
+    official trainval list, validation and test the test list.
 
-    The split is the official one when ``annotations/trainval.txt`` and ``annotations/test.txt`` exist
-    (train = trainval, val = test = the test list), otherwise a ``seed``-ed random split of all images with
-    ``val_fraction`` of them in val. ``setup()`` decodes every image once (cheaply, at reduced JPEG scale) and
-    drops unreadable files with a single warning; grayscale, CMYK, palette and PNG-under-``.jpg`` files are
-    converted to RGB when loaded.
-
-    Train images get a random resized crop (area 35-100%) and a random horizontal flip, eval images a resize
-    of the shorter side and a centre crop; both end ``size`` x ``size`` with ImageNet normalisation.
+    ``setup()`` checks every image once (cheaply, at reduced JPEG scale) and leaves out unreadable files with a
+    single warning (``dropped_files`` lists them); grayscale, CMYK, palette and PNG files are converted to RGB.
+    Training images get :func:`imagenet_transform`'s random resized crop and flip, evaluation images its
+    resize and centre crop, both ending ``size`` x ``size``.
 
     >>> PetsDataModule(root="data/pets", task="breeds").num_classes
     37
@@ -523,115 +532,62 @@ class PetsDataModule(_SplitDataModule):
         num_workers: int = 0,
         seed: int = 0,
         download: bool = True,
-        val_fraction: float = 0.2,
-        base_url: str = PETS_BASE_URL,
-        checksums: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         if task not in ("binary", "breeds"):
             raise ValueError(f"task={task!r} is invalid; choose 'binary' or 'breeds'")
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction={val_fraction} must lie strictly between 0 and 1")
         self.root, self.task, self.size, self.batch_size = Path(root), task, size, batch_size
         self.num_workers, self.seed, self.download = num_workers, seed, download
-        self.val_fraction = val_fraction
-        self.base_url = base_url.rstrip("/")
-        self.checksums = dict(PETS_MD5 if checksums is None else checksums)
         self.num_classes = 2 if task == "binary" else PETS_NUM_BREEDS
         self.input_shape = (3, size, size)
-        self.classes: list[str] = ["dog", "cat"] if task == "binary" else []
+        self.classes: list[str] = ["Cat", "Dog"] if task == "binary" else []
         self.dropped_files: list[Path] = []
-        self.train_dataset: ImageFileDataset | None = None
-        self.val_dataset: ImageFileDataset | None = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
 
     @property
-    def images_dir(self) -> Path:
-        return self.root / "images"
+    def folder(self) -> Path:
+        """Where the data set lives: ``root/oxford-iiit-pet`` (torchvision's layout)."""
+        return self.root / "oxford-iiit-pet"
 
-    @property
-    def annotations_dir(self) -> Path:
-        return self.root / "annotations"
-
-    def _missing_error(self, reason: str) -> RuntimeError:
-        return RuntimeError(
+    def _missing_error(self, reason: str) -> FileNotFoundError:
+        return FileNotFoundError(
             f"The Oxford-IIIT Pet dataset is not available: {reason}. Put the files in place by hand: "
-            f"{self.images_dir}/*.jpg and {self.annotations_dir}/{{list.txt,trainval.txt,test.txt}} "
-            f"(or the archives images.tar.gz and annotations.tar.gz in {self.root}). "
-            "To run fully offline, use the digits data instead: data=digits."
+            f"{self.folder}/images/*.jpg and {self.folder}/annotations/{{trainval.txt,test.txt}} "
+            f"(or the archives images.tar.gz and annotations.tar.gz in {self.folder}), set data.root to the "
+            "folder holding oxford-iiit-pet/, or run fully offline with data=digits or data=cifar10."
         )
 
+    def _images(self, split: str, transform: Callable[[Image.Image], Any] | None = None) -> PetImages:
+        try:
+            return PetImages(self.root, split, self.task, transform=transform)
+        except RuntimeError as error:  # torchvision: "Dataset not found"
+            raise self._missing_error(f"no images/ and annotations/ in {self.folder}") from error
+
     def prepare_data(self) -> None:
-        for folder in (self.images_dir, self.annotations_dir):
-            if _has_files(folder):
-                continue
-            if not self.download and folder == self.annotations_dir:
-                continue  # optional: setup() then splits at random
-            archive = self.root / f"{folder.name}.tar.gz"
-            expected = self.checksums.get(archive.name)
-            if not (archive.is_file() and (expected is None or file_md5(archive) == expected)):
-                url = f"{self.base_url}/{archive.name}"
-                if not self.download:
-                    raise self._missing_error(f"{folder} is missing and download=False")
-                try:
-                    download_url(url, archive, md5=expected)
-                except OSError as error:  # URLError and HTTPError are OSErrors
-                    raise self._missing_error(f"it could not be downloaded from {url} ({error})") from error
-            extract_tarball(archive, self.root)
+        if not self.download:
+            self._images("trainval")
+            return
+        try:
+            PetImages(self.root, "trainval", self.task, download=True)
+        except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad md5 a RuntimeError
+            raise self._missing_error(f"it could not be downloaded ({error})") from error
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        all_files = sorted(self.images_dir.glob("*.jpg")) if self.images_dir.is_dir() else []
-        if not all_files:
-            raise self._missing_error(f"no images in {self.images_dir} (was prepare_data() run?)")
+        train = self._images("trainval", imagenet_transform(self.size, train=True))
+        val = self._images("test", imagenet_transform(self.size, train=False))
         if self.task == "breeds":
-            self.classes = sorted({path.stem.rsplit("_", 1)[0] for path in all_files})
-            if len(self.classes) > self.num_classes:
-                raise ValueError(
-                    f"{len(self.classes)} breeds in {self.images_dir}, expected at most {self.num_classes}"
-                )
-
-        train_files, val_files = self._split(all_files)
-        self.dropped_files = [path for path in sorted({*train_files, *val_files}) if not self._readable(path)]
+            self.classes = list(train.classes)
+        self.dropped_files = sorted({f for f in train.files + val.files if _unreadable(f, self.size)})
         if self.dropped_files:
+            # stacklevel=1: the warning points here, not at Lightning's code that called setup()
             warnings.warn(
-                f"skipping {len(self.dropped_files)} unreadable image(s) in {self.images_dir}: "
+                f"skipping {len(self.dropped_files)} unreadable image(s) in {self.folder / 'images'}: "
                 + ", ".join(path.name for path in self.dropped_files),
-                stacklevel=2,
+                stacklevel=1,
             )
         dropped = set(self.dropped_files)
-        train_files = [path for path in train_files if path not in dropped]
-        val_files = [path for path in val_files if path not in dropped]
-        self.train_dataset = ImageFileDataset(
-            train_files, [self.label(path) for path in train_files], TrainImageTransform(self.size)
-        )
-        self.val_dataset = ImageFileDataset(
-            val_files, [self.label(path) for path in val_files], EvalImageTransform(self.size)
-        )
-
-    def _split(self, all_files: list[Path]) -> tuple[list[Path], list[Path]]:
-        trainval, test = self.annotations_dir / "trainval.txt", self.annotations_dir / "test.txt"
-        if trainval.is_file() and test.is_file():
-            by_stem = {path.stem: path for path in all_files}
-            return (
-                [by_stem[stem] for stem in _read_stems(trainval) if stem in by_stem],
-                [by_stem[stem] for stem in _read_stems(test) if stem in by_stem],
-            )
-        order = torch.randperm(len(all_files), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        n_val = round(self.val_fraction * len(all_files))
-        return sorted(all_files[i] for i in order[n_val:]), sorted(all_files[i] for i in order[:n_val])
-
-    def _readable(self, path: Path) -> bool:
-        try:
-            load_rgb(path, draft_size=self.size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            return False
-        return True
-
-    def label(self, path: str | os.PathLike) -> int:
-        """The class index of an image file: 1 = cat / 0 = dog, or the breed's index in ``classes``."""
-        stem = Path(path).stem
-        if self.task == "binary":
-            return int(stem[0].isupper())
-        return self.classes.index(stem.rsplit("_", 1)[0])
-
+        self.train_dataset = Subset(train, [i for i, f in enumerate(train.files) if f not in dropped])
+        self.val_dataset = Subset(val, [i for i, f in enumerate(val.files) if f not in dropped])

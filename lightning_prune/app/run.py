@@ -4,7 +4,8 @@
 prunes, and writes the run's outputs into Hydra's run directory (the working directory is never changed):
 
 - ``pruned_model.pt``: the whole pruned network (load it with :func:`lightning_prune.app.export.load_model`);
-- ``summary.json``: dense and pruned params and MACs, CPU latency, final val accuracy, the config;
+- ``summary.json``: dense and pruned params and MACs, CPU latency, final val accuracy, seconds per epoch, the
+  config;
 - ``layer_report.txt``: the per-layer table;
 - with ``mode=sparsify`` (``SparsifyCallback`` instead of ``PruningCallback``, keys under ``sparsify.``): also
   ``sparsity_report.txt`` and the sparsity in ``summary.json``; ``sparsify.compact=true`` removes the zeroed
@@ -20,6 +21,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from ..lightning_compat import spawns_ranks
 from ..sparsify import SparsifyCallback
 from .config import build_mode_callback, validate
 from .export import export_onnx, load_model, save_json, save_model
+from .models import load_weights
 from .module import ClassifierModule
 from .sampling import EpochSeeding
 
@@ -59,20 +62,36 @@ def output_dir() -> Path:
 
 
 def build_model(model_cfg: DictConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """Instantiate the configured network for ``num_classes``; ``in_channels`` only if it takes one.
+    """Instantiate the configured network for ``num_classes``, then load ``model.weights`` if set.
 
-    Any callable returning an ``nn.Module`` works as ``_target_`` (e.g. ``torchvision.models.resnet18``).
+    Any callable returning an ``nn.Module`` works as ``_target_`` (``torchvision.models.resnet18``,
+    ``timm.create_model``, ...). ``in_channels`` is passed as ``in_channels`` (ours) or ``in_chans`` (timm's)
+    if the callable takes one; a model without either (torchvision's) must get 3-channel data. ``weights`` is not
+    passed to the callable: :func:`~lightning_prune.app.models.load_weights` loads it afterwards (a weights
+    file, or a torchvision weights name), keeping the model's own head where its size differs.
     """
+    cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    weights = cfg.pop("weights", None)
+    builder = get_method(cfg["_target_"])
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     try:
-        params = inspect.signature(get_method(model_cfg._target_)).parameters
+        params = inspect.signature(builder).parameters
     except (TypeError, ValueError):
         params = {}
-    if "in_channels" in params:
-        kwargs["in_channels"] = in_channels
+    channels_key = next((key for key in ("in_channels", "in_chans") if key in params), None)
+    if channels_key is None and getattr(builder, "__module__", "").startswith("timm"):
+        channels_key = "in_chans"  # timm.create_model passes it on through **kwargs
+    if channels_key is not None:
+        kwargs[channels_key] = in_channels
     elif in_channels != 3:
-        raise ValueError(f"model {model_cfg._target_} takes no in_channels, but the data has {in_channels} channels")
-    return instantiate(model_cfg, **kwargs)
+        raise ValueError(
+            f"model {cfg['_target_']} takes no in_channels, but the data has {in_channels} channels; "
+            "use 3-channel data (e.g. data.channels=3)"
+        )
+    network = instantiate(cfg, **kwargs)
+    if weights is not None:
+        load_weights(network, weights, builder)
+    return network
 
 
 def build_module(cfg: DictConfig, network: nn.Module, num_classes: int) -> ClassifierModule:
@@ -143,6 +162,22 @@ def summarize(
     }
 
 
+class EpochTimer(pl.Callback):
+    """Wall-clock seconds of every training epoch, its validation and pruning included (``seconds``; logged
+    as ``time/epoch_s``). Put it after the pruning callback so that the prune at an epoch's end counts."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+        pl_module.log("time/epoch_s", self.seconds[-1])
+
+
 @dataclass
 class RunResult:
     """What :func:`run_training` leaves besides its files."""
@@ -178,9 +213,10 @@ def run_training(cfg: DictConfig, out: Path, callbacks: list[pl.Callback] | None
     last = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="last", save_on_train_epoch_end=True, enable_version_counter=False
     )
+    timer = EpochTimer()
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[EpochSeeding(cfg.seed), pruning, best, last, *(callbacks or [])],
+        callbacks=[EpochSeeding(cfg.seed), pruning, best, last, timer, *(callbacks or [])],
         logger=CSVLogger(out, name="logs"),
         default_root_dir=out,
     )
@@ -201,12 +237,14 @@ def run_training(cfg: DictConfig, out: Path, callbacks: list[pl.Callback] | None
         summary = summarize(cfg, dense, module.model, input_shape, datamodule.batch_size, val_acc)
         if sparsity is not None:
             summary["sparsity"] = sparsity
+        summary["epoch_seconds"] = [round(seconds, 2) for seconds in timer.seconds]
         save_json(summary, out / "summary.json")
         log.info(
             f"final val accuracy (of the saved model): {val_acc:.4f}\n"
             f"params: {summary['params']['dense']:,} -> {summary['params']['pruned']:,} "
             f"({summary['params']['ratio']:.1%})\n"
             f"MACs:   {summary['macs']['dense']:,} -> {summary['macs']['pruned']:,} ({summary['macs']['ratio']:.1%})\n"
+            f"seconds per epoch: {', '.join(f'{seconds:.1f}' for seconds in timer.seconds)}\n"
             f"pruned model saved to {out / 'pruned_model.pt'}"
         )
     return RunResult(val_acc, module, pruning, summary)

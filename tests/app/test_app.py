@@ -38,10 +38,11 @@ def compose_train(overrides: list[str]) -> DictConfig:
 
 
 def test_every_group_has_the_documented_options():
-    assert GROUPS["model"] == ["resnet18", "resnet34", "resnet50", "small_cnn"]
+    assert GROUPS["model"] == ["efficientnet_b0", "mobilenet_v3_small", "resnet18", "resnet20", "resnet34",
+                               "resnet50", "resnet56", "small_cnn", "timm"]
     assert GROUPS["schedule"] == ["agp", "cos", "iterative", "linear", "one_cycle", "one_shot"]
     assert GROUPS["criterion"] == ["bn_scale", "fpgm", "l1", "l2", "lamp", "random", "taylor"]
-    assert GROUPS["data"] == ["digits", "pets"]
+    assert GROUPS["data"] == ["cifar10", "digits", "pets"]
     assert {"default", "cpu", "gpu"} <= set(GROUPS["trainer"])
 
 
@@ -57,14 +58,14 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
         assert (cfg.trainer.accelerator, cfg.trainer.devices) == ("cpu", 2)
         assert OmegaConf.to_container(cfg.trainer)["strategy"] == "${lp_ddp_strategy:${hydra:mode}}"
         return
-    cfg = compose_train([f"{group}={option}", f"data.root={tmp_path}" if option == "pets" else "seed=0"])
+    cfg = compose_train([f"{group}={option}", f"data.root={tmp_path}" if option in ("pets", "cifar10") else "seed=0"])
     validate(cfg)
     if group == "model":
         net = build_model(cfg.model, num_classes=7, in_channels=3)
         assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
     elif group == "data":
         dm = instantiate(cfg.data)
-        assert dm.num_classes in (2, 10) and len(dm.input_shape) == 3
+        assert dm.num_classes in (2, 10) and len(dm.input_shape) == 3 and dm.input_shape[0] == 3
     elif group in ("schedule", "criterion", "optimizer", "lr_scheduler"):
         callback = build_callback(cfg)
         assert isinstance(callback, PruningCallback)
@@ -83,6 +84,8 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
     [
         ("ratio=1.5", ValueError, r"ratio=1.5 is invalid; it must lie in \[0, 1\)"),
         ("schedule=nope", MissingConfigException, r"schedule/nope"),
+        ("model=nope", MissingConfigException, r"(?s)model/nope.*Available options in 'model'.*resnet20.*timm"),
+        ("data=nope", MissingConfigException, r"(?s)data/nope.*Available options in 'data'.*cifar10.*digits.*pets"),
         ("criterion=nope", MissingConfigException, r"criterion/nope"),
         ("epochs=abc", ConfigCompositionException, r"epochs=abc"),
         ("context=both", ValueError, r"context='both' is unknown; choose one of \['global', 'local'\]"),
@@ -142,6 +145,7 @@ def test_a_digits_run_writes_its_summary_report_and_checkpoints(digits_run):
     assert set(summary["cpu_latency"]) == {"batch_1", "batch_64"}
     assert summary["cpu_latency"]["batch_1"]["pruned_ms"] > 0
     assert summary["config"]["ratio"] == 0.5
+    assert len(summary["epoch_seconds"]) == 3 and all(seconds > 0 for seconds in summary["epoch_seconds"])
     assert "TOTAL" in (out / "layer_report.txt").read_text()
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert any(p.name.startswith("best-") for p in (out / "checkpoints").iterdir())
@@ -157,6 +161,49 @@ def test_ckpt_path_resumes_a_run(digits_run, tmp_path):
     assert resumed.module.trainer.current_epoch == 4
     assert resumed.module.model.fc.in_features == first.module.model.fc.in_features
     assert (tmp_path / "pruned_model.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def cifar_archive(tmp_path_factory) -> Path:
+    from fixtures_cifar import make_cifar_archive
+
+    return make_cifar_archive(tmp_path_factory.mktemp("cifar") / "cifar10-jpg.tar.gz", n_train=4, n_test=2)
+
+
+def cifar_overrides(root: Path, archive: Path) -> list[str]:
+    return ["data=cifar10", f"data.root={root}", f"data.archive={archive}", "data.download=false",
+            "data.num_workers=0", "data.batch_size=16", "latency_repeats=2", "trainer.enable_progress_bar=false",
+            "trainer.accelerator=cpu"]
+
+
+def test_cifar10_with_resnet20_trains_prunes_and_saves_a_working_model(cifar_archive, tmp_path):
+    cfg = compose_train([*cifar_overrides(tmp_path / "cifar10", cifar_archive), "model=resnet20", "epochs=2",
+                         "ratio=0.4", "schedule=agp", "data.train_subset=20"])
+    result = run_training(cfg, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "cifar10").iterdir()) == ["test", "train"]  # the archive, extracted
+    assert len(result.module.trainer.datamodule.train_dataset) == 20
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["input_shape"] == [3, 32, 32] and summary["params"]["dense"] == 272_474
+    assert 0.25 < summary["macs"]["ratio"] < 0.5  # 40% of the channels: about (1 - 0.4)² of the MACs
+    model = load_model(tmp_path / "run" / "pruned_model.pt").eval()
+    assert type(model).__name__ == "CifarResNet" and model.layer3[0].conv2.out_channels < 64
+    with torch.no_grad():
+        assert model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.train_subset=5", r"train_subset=5 is invalid; it must be null .* \[10, 50000\]"),
+        ("data.val_subset=0", r"val_subset=0 is invalid; it must be null .* \[10, 10000\]"),
+        ("data.archive=/nowhere/cifar.tar.gz", r"CIFAR-10 is not available: download=False.*'/nowhere/cifar.tar.gz'"),
+    ],
+)
+def test_bad_cifar10_settings_fail_before_training(cifar_archive, tmp_path, override, message):
+    cfg = compose_train([*cifar_overrides(tmp_path / "cifar10", cifar_archive), "model=resnet20", override])
+    with pytest.raises(Exception, match=message):
+        run_training(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cifar10").exists()
 
 
 def _run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

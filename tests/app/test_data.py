@@ -1,11 +1,12 @@
-"""Digits and Oxford-IIIT Pet data modules, transforms, downloads and safe extraction (no network needed)."""
+"""Digits, CIFAR-10 and Oxford-IIIT Pet data modules, their transforms, and safe extraction (no network:
+downloads come from a local HTTP server)."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import math
-import shutil
 import tarfile
 import threading
 import warnings
@@ -16,20 +17,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_cifar import class_images, make_cifar_archive, make_cifar_python_tarball
 from fixtures_pets import CMYK, GRAYSCALE, PNG_AS_JPG, UNREADABLE, make_pets_fixture, pack_pets_tarballs
 from PIL import Image
 from sklearn.datasets import load_digits
+from torchvision.datasets import CIFAR10
 
+import lightning_prune.app.data as data_module
 from lightning_prune.app.data import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    CIFAR10DataModule,
     DigitsDataModule,
-    EvalImageTransform,
+    PetImages,
     PetsDataModule,
-    TrainImageTransform,
+    cifar10_transform,
     extract_tarball,
+    imagenet_transform,
     load_rgb,
-    to_normalized_tensor,
 )
 
 # --------------------------------------------------------------------------------------------------------
@@ -101,7 +109,35 @@ def test_digits_values_lie_in_minus_one_to_one():
 
 
 # --------------------------------------------------------------------------------------------------------
-# Pets on a tiny fixture
+# A local HTTP server standing in for the download sites
+# --------------------------------------------------------------------------------------------------------
+
+
+class CountingHandler(SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    served = tmp_path_factory.mktemp("served")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(CountingHandler, directory=str(served)))
+    httpd.requests, httpd.folder = [], served
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pets on a tiny fixture, through torchvision's OxfordIIITPet
 # --------------------------------------------------------------------------------------------------------
 
 SIZE = 24
@@ -122,54 +158,69 @@ def ready(root: Path, **kwargs) -> PetsDataModule:
 
 
 def labels_by_stem(datamodule: PetsDataModule) -> dict[str, int]:
-    datasets = (datamodule.train_dataset, datamodule.val_dataset)
-    return {path.stem: label for ds in datasets for path, label in zip(ds.files, ds.labels)}
+    labels = {}
+    for subset in (datamodule.train_dataset, datamodule.val_dataset):
+        for index in subset.indices:
+            labels[subset.dataset.files[index].stem] = subset.dataset.targets[index]
+    return labels
+
+
+def stems(subset) -> set[str]:
+    return {subset.dataset.files[index].stem for index in subset.indices}
 
 
 def listed_stems(listing: Path) -> set[str]:
-    return {line.split()[0] for line in listing.read_text().splitlines() if not line.startswith("#")}
+    return {line.split()[0] for line in listing.read_text().splitlines()}
 
 
 def test_pets_num_classes_is_known_before_setup():
     assert PetsDataModule(task="binary").num_classes == 2
     assert PetsDataModule(task="breeds").num_classes == 37
     assert PetsDataModule(size=48).input_shape == (3, 48, 48)
-    with pytest.raises(ValueError, match="task"):
+    with pytest.raises(ValueError, match=r"task='species' is invalid; choose 'binary' or 'breeds'"):
         PetsDataModule(task="species")
 
 
-def test_pets_binary_labels_cat_one_dog_zero(pets_root):
-    labels = labels_by_stem(ready(pets_root, task="binary"))
-    assert labels["Abyssinian_1"] == 1 and labels["Bengal_2"] == 1
-    assert labels["beagle_1"] == 0 and labels["pug_3"] == 0
-
-
-def test_pets_breed_labels_are_sorted_breed_names(pets_root):
-    datamodule = ready(pets_root, task="breeds")
-    assert datamodule.classes == ["Abyssinian", "Bengal", "beagle", "pug"]  # case-sensitive order
+def test_pets_binary_labels_are_torchvision_s_cat_zero_dog_one(pets_root):
+    datamodule = ready(pets_root, task="binary")
     labels = labels_by_stem(datamodule)
-    assert labels["pug_1"] == datamodule.classes.index("pug") == 3
-    assert labels["Abyssinian_2"] == 0 and labels["beagle_3"] == 2
+    assert labels["Abyssinian_1"] == 0 and labels["Bengal_2"] == 0
+    assert labels["beagle_1"] == 1 and labels["pug_3"] == 1
+    assert datamodule.classes == ["Cat", "Dog"]
 
 
-def test_pets_unreadable_file_is_dropped_with_one_warning(pets_root):
+def test_pets_breed_labels_follow_the_class_id_column(pets_root):
+    datamodule = ready(pets_root, task="breeds")
+    labels = labels_by_stem(datamodule)
+    # CLASS_ID - 1 of the fixture's breeds: Abyssinian 1, beagle 5, Bengal 6, pug 26
+    assert (labels["Abyssinian_2"], labels["beagle_3"], labels["Bengal_1"], labels["pug_1"]) == (0, 4, 5, 25)
+    assert datamodule.classes == ["Abyssinian", "Beagle", "Bengal", "Pug"]
+    batch_labels = next(iter(datamodule.train_dataloader()))[1]
+    assert int(batch_labels.max()) < datamodule.num_classes
+
+
+def test_pets_unreadable_file_is_skipped_with_one_warning_from_the_data_module(pets_root):
     datamodule = PetsDataModule(root=pets_root, size=SIZE, download=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         datamodule.setup()
     assert len(caught) == 1
     assert f"{UNREADABLE}.jpg" in str(caught[0].message)
+    assert Path(caught[0].filename) == Path(data_module.__file__)  # our code, not Lightning's caller
     assert [path.name for path in datamodule.dropped_files] == [f"{UNREADABLE}.jpg"]
     assert UNREADABLE not in labels_by_stem(datamodule)
+    for subset in (datamodule.train_dataset, datamodule.val_dataset):  # every kept image loads
+        for index in range(len(subset)):
+            subset[index]
 
 
 @pytest.mark.parametrize("stem", [GRAYSCALE, PNG_AS_JPG, CMYK])
-def test_pets_awkward_files_load_as_rgb_tensors(pets_root, stem):
+def test_pets_grayscale_png_and_cmyk_files_are_converted_not_dropped(pets_root, stem):
     datamodule = ready(pets_root)
-    for dataset in (datamodule.train_dataset, datamodule.val_dataset):
-        names = [path.stem for path in dataset.files]
+    for subset in (datamodule.train_dataset, datamodule.val_dataset):
+        names = [subset.dataset.files[index].stem for index in subset.indices]
         if stem in names:
-            image, _ = dataset[names.index(stem)]
+            image, _ = subset[names.index(stem)]
             assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32
             return
     pytest.fail(f"{stem} is in neither split")
@@ -187,46 +238,74 @@ def test_load_rgb_converts_palette_with_transparency(tmp_path):
 
 def test_pets_split_follows_the_official_lists(pets_root):
     datamodule = ready(pets_root)
-    annotations = pets_root / "annotations"
-    train = {path.stem for path in datamodule.train_dataset.files}
-    val = {path.stem for path in datamodule.val_dataset.files}
-    assert train == listed_stems(annotations / "trainval.txt") - {UNREADABLE}
-    assert val == listed_stems(annotations / "test.txt")
-    assert isinstance(datamodule.train_dataset.transform, TrainImageTransform)
-    assert isinstance(datamodule.val_dataset.transform, EvalImageTransform)
+    annotations = pets_root / "oxford-iiit-pet" / "annotations"
+    assert stems(datamodule.train_dataset) == listed_stems(annotations / "trainval.txt") - {UNREADABLE}
+    assert stems(datamodule.val_dataset) == listed_stems(annotations / "test.txt")
 
 
-def test_pets_split_is_seeded_random_without_lists(pets_root, tmp_path):
-    root = shutil.copytree(pets_root, tmp_path / "pets")
-    (root / "annotations" / "trainval.txt").unlink()
-    (root / "annotations" / "test.txt").unlink()
-    (root / "images" / f"{UNREADABLE}.jpg").unlink()
-    all_stems = {path.stem for path in (root / "images").glob("*.jpg")}
-
-    def split(seed: int) -> tuple[set[str], set[str]]:
-        datamodule = ready(root, seed=seed, val_fraction=0.25)
-        return (
-            {path.stem for path in datamodule.train_dataset.files},
-            {path.stem for path in datamodule.val_dataset.files},
-        )
-
-    train, val = split(seed=0)
-    assert not train & val and train | val == all_stems
-    assert len(val) == round(0.25 * len(all_stems))
-    assert split(seed=0) == (train, val)
-    assert split(seed=1) != (train, val)
-
-
-def test_pets_loaders_give_batches(pets_root):
+def test_pets_loaders_give_normalised_batches(pets_root):
     datamodule = ready(pets_root, batch_size=4)
     images, labels = next(iter(datamodule.train_dataloader()))
     assert images.shape == (4, 3, SIZE, SIZE) and labels.shape == (4,)
     images, _ = next(iter(datamodule.test_dataloader()))
     assert images.shape[1:] == datamodule.input_shape
+    assert images.min() < -1 and images.max() > 1  # ImageNet-normalised, not [0, 1]
+
+
+@pytest.fixture
+def pets_site(server, pets_root, monkeypatch):
+    """The fixture's two archives on the local server, in place of torchvision's official URLs."""
+    tarballs = pack_pets_tarballs(pets_root, server.folder / "pets")
+    resources = tuple((f"{server.url}/pets/{name}", hashlib.md5(path.read_bytes()).hexdigest())
+                      for name, path in tarballs.items())
+    monkeypatch.setattr(PetImages, "_RESOURCES", resources)
+    return server
+
+
+def test_pets_prepare_data_downloads_extracts_and_checks_once(pets_site, tmp_path):
+    root = tmp_path / "pets"
+    before = len(pets_site.requests)
+    datamodule = PetsDataModule(root=root, size=SIZE)
+    datamodule.prepare_data()
+    assert set(pets_site.requests[before:]) == {"/pets/images.tar.gz", "/pets/annotations.tar.gz"}
+    assert (root / "oxford-iiit-pet" / "images" / "pug_3.jpg").is_file()
+    after = len(pets_site.requests)
+    datamodule.prepare_data()
+    PetsDataModule(root=root).prepare_data()
+    assert len(pets_site.requests) == after
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        datamodule.setup()
+    assert len(datamodule.train_dataset) > 0 and len(datamodule.val_dataset) > 0
+
+
+def test_pets_wrong_checksum_is_refused(pets_site, tmp_path, monkeypatch):
+    (url, _), second = PetImages._RESOURCES
+    monkeypatch.setattr(PetImages, "_RESOURCES", ((url, "0" * 32), second))
+    with pytest.raises(FileNotFoundError, match=r"could not be downloaded \(File not found or corrupted"):
+        PetsDataModule(root=tmp_path / "pets").prepare_data()
+    assert not (tmp_path / "pets" / "oxford-iiit-pet" / "images").exists()
+
+
+def test_pets_failed_download_explains_what_to_do(pets_site, tmp_path, monkeypatch):
+    monkeypatch.setattr(PetImages, "_RESOURCES", ((f"{pets_site.url}/nowhere/images.tar.gz", None),))
+    with pytest.raises(FileNotFoundError) as error:
+        PetsDataModule(root=tmp_path / "pets").prepare_data()
+    message = str(error.value)
+    assert "could not be downloaded" in message and "404" in message
+    assert str(tmp_path / "pets" / "oxford-iiit-pet" / "images") in message and "trainval.txt" in message
+    assert "data=digits" in message
+
+
+def test_pets_missing_files_without_download_explain_what_to_do(tmp_path):
+    datamodule = PetsDataModule(root=tmp_path / "pets", download=False)
+    for step in (datamodule.prepare_data, datamodule.setup):
+        with pytest.raises(FileNotFoundError, match=r"no images/ and annotations/ in .*oxford-iiit-pet.*data=digits"):
+            step()
 
 
 # --------------------------------------------------------------------------------------------------------
-# Transforms
+# Transforms (torchvision.transforms.v2)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -235,140 +314,193 @@ def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def test_normalisation_uses_imagenet_statistics():
-    colour = (200, 100, 50)
-    tensor = to_normalized_tensor(Image.new("RGB", (5, 3), colour))
-    assert tensor.shape == (3, 3, 5)
-    for channel in range(3):
-        expected = (colour[channel] / 255 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
-        assert torch.allclose(tensor[channel], torch.full((3, 5), expected), atol=1e-6)
+def normalised(pixels: np.ndarray, mean, std) -> torch.Tensor:
+    tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float() / 255
+    return (tensor - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-@pytest.mark.parametrize("transform", [TrainImageTransform(SIZE), EvalImageTransform(SIZE)])
+@pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("image_size", [(40, 30), (30, 50), (8, 8)])
-def test_transforms_output_size_and_normalisation(transform, image_size):
+def test_imagenet_transforms_give_size_and_imagenet_normalisation(train, image_size):
     colour = (10, 120, 250)
-    output = transform(Image.new("RGB", image_size, colour))
-    assert output.shape == (3, SIZE, SIZE)
-    expected = to_normalized_tensor(Image.new("RGB", (SIZE, SIZE), colour))
-    assert torch.allclose(output, expected, atol=1e-5)
+    output = imagenet_transform(SIZE, train)(Image.new("RGB", image_size, colour))
+    expected = normalised(np.full((SIZE, SIZE, 3), colour, dtype=np.uint8), IMAGENET_MEAN, IMAGENET_STD)
+    assert output.shape == (3, SIZE, SIZE) and torch.allclose(output, expected, atol=1e-5)
 
 
-def test_eval_transform_is_a_centre_crop():
+def test_imagenet_eval_transform_is_a_centre_crop():
     image = noise_image(30, 50)  # the short side already has the target size: no resampling
-    expected = to_normalized_tensor(image.crop((0, 10, 30, 40)))
-    assert torch.equal(EvalImageTransform(30)(image), expected)
+    expected = normalised(np.asarray(image)[10:40], IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.allclose(imagenet_transform(30, train=False)(image), expected, atol=1e-6)
 
 
-def test_train_transform_is_seeded_by_torch():
-    image, transform = noise_image(40, 30), TrainImageTransform(SIZE)
+def test_cifar_eval_transform_only_normalises():
+    image = noise_image(32, 32)
+    expected = normalised(np.asarray(image), CIFAR10_MEAN, CIFAR10_STD)
+    assert torch.allclose(cifar10_transform(train=False)(image), expected, atol=1e-6)
+
+
+def test_cifar_train_transform_is_a_padded_crop_and_a_flip_seeded_by_torch():
+    image = noise_image(32, 32)
+    padded = torch.nn.functional.pad(torch.from_numpy(np.array(image)).permute(2, 0, 1), (4, 4, 4, 4))
+    transform = cifar10_transform(train=True)
+    torch.manual_seed(0)
+    seen = collections.Counter()
+    for _ in range(40):
+        output = transform(image)
+        matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+                   if torch.allclose(output, normalised(
+                       (padded[:, dy:dy + 32, dx:dx + 32].flip(-1) if flip else padded[:, dy:dy + 32, dx:dx + 32])
+                       .permute(1, 2, 0).numpy(), CIFAR10_MEAN, CIFAR10_STD), atol=1e-5)]
+        assert len(matches) == 1  # a 32x32 window of the image padded by 4 with zeros, maybe mirrored
+        seen[matches[0][2]] += 1
+        seen["shifted"] += matches[0][:2] != (4, 4)
+    assert 8 <= seen[True] <= 32 and seen["shifted"] > 30
     torch.manual_seed(3)
     first = transform(image)
     torch.manual_seed(3)
     assert torch.equal(transform(image), first)
-    assert not torch.equal(transform(image), first)
-
-
-def test_train_transform_flips_half_of_the_time():
-    image = noise_image(SIZE, SIZE)
-    whole = TrainImageTransform(SIZE, scale=(1.0, 1.0), ratio=(1.0, 1.0))  # the crop is the whole image
-    plain = to_normalized_tensor(image)
-    mirrored = plain.flip(-1)
-    outputs = [whole(image) for _ in range(40)]
-    flipped = sum(torch.equal(output, mirrored) for output in outputs)
-    assert flipped + sum(torch.equal(output, plain) for output in outputs) == len(outputs)
-    assert 8 <= flipped <= 32
-
-
-def test_random_resized_crop_respects_scale_and_ratio():
-    transform = TrainImageTransform(SIZE, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3))
-    width, height = 400, 300
-    torch.manual_seed(0)
-    areas = []
-    for _ in range(300):
-        top, left, crop_h, crop_w = transform.crop_box(width, height)
-        assert 0 <= top and top + crop_h <= height and 0 <= left and left + crop_w <= width
-        assert 3 / 4 - 0.02 <= crop_w / crop_h <= 4 / 3 + 0.02
-        areas.append(crop_w * crop_h / (width * height))
-    assert 0.35 - 0.01 <= min(areas) < 0.45 and 0.9 < max(areas) <= 1.0
 
 
 # --------------------------------------------------------------------------------------------------------
-# Download from a local HTTP server, checksums, safe extraction, clear errors
+# CIFAR-10: a generated archive in the shared archive's layout, and torchvision's release from the server
 # --------------------------------------------------------------------------------------------------------
-
-
-class CountingHandler(SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, format: str, *args) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
-def pets_server(tmp_path_factory, pets_root):
-    served = tmp_path_factory.mktemp("served")
-    tarballs = pack_pets_tarballs(pets_root, served)
-    md5s = {name: hashlib.md5(path.read_bytes()).hexdigest() for name, path in tarballs.items()}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(CountingHandler, directory=str(served)))
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}", md5s
-    server.shutdown()
-    server.server_close()
-    thread.join()
+def cifar_archive(tmp_path_factory) -> Path:
+    return make_cifar_archive(tmp_path_factory.mktemp("cifar") / "cifar10-jpg.tar.gz", n_train=4, n_test=2)
 
 
-def test_prepare_data_downloads_and_extracts_once(pets_server, tmp_path):
-    server, base_url, md5s = pets_server
-    root = tmp_path / "pets"
-    before = len(server.requests)
-    datamodule = PetsDataModule(root=root, base_url=base_url, checksums=md5s, size=SIZE)
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory, cifar_archive) -> Path:
+    root = tmp_path_factory.mktemp("cifar_root") / "cifar10"
+    CIFAR10DataModule(root=root, archive=cifar_archive).prepare_data()
+    return root
+
+
+def cifar_ready(root: Path, **kwargs) -> CIFAR10DataModule:
+    datamodule = CIFAR10DataModule(root=root, download=False, **kwargs)
+    datamodule.setup()
+    return datamodule
+
+
+def labels_of(dataset) -> list[int]:
+    if isinstance(dataset, torch.utils.data.Subset):
+        return [dataset.dataset.targets[i] for i in dataset.indices]
+    return list(dataset.targets)
+
+
+def test_cifar_archive_is_extracted_once_into_root(tmp_path, cifar_archive, monkeypatch):
+    root = tmp_path / "cifar10"
+    datamodule = CIFAR10DataModule(root=root, archive=cifar_archive, download=False)
     datamodule.prepare_data()
-    assert server.requests[before:] == ["/images.tar.gz", "/annotations.tar.gz"]
-    assert (root / "images" / "Abyssinian_1.jpg").is_file() and (root / "images" / "pug_3.jpg").is_file()
-    for listing in ("list.txt", "trainval.txt", "test.txt"):
-        assert (root / "annotations" / listing).is_file()
-    assert not [path for path in root.iterdir() if path.name.startswith(".")]  # no temporary leftovers
-
-    datamodule.prepare_data()
-    PetsDataModule(root=root, base_url=base_url, checksums=md5s).prepare_data()
-    assert len(server.requests) == before + 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        datamodule.setup()
-    assert len(datamodule.train_dataset) > 0 and len(datamodule.val_dataset) > 0
+    assert sorted(p.name for p in (root / "train").iterdir()) == list(CIFAR10_CLASSES)
+    assert len(list((root / "test" / "ship").glob("*.jpg"))) == 2
+    assert sorted(p.name for p in root.iterdir()) == ["test", "train"]  # no temporary leftovers
+    calls = []
+    monkeypatch.setattr(data_module, "extract_tarball", lambda *args: calls.append(args))
+    CIFAR10DataModule(root=root, archive=cifar_archive).prepare_data()
+    assert calls == []
 
 
-def test_wrong_checksum_raises_and_leaves_no_file(pets_server, tmp_path):
-    _, base_url, md5s = pets_server
-    root = tmp_path / "pets"
-    datamodule = PetsDataModule(root=root, base_url=base_url, checksums={**md5s, "images.tar.gz": "0" * 32})
-    with pytest.raises(RuntimeError, match="checksum mismatch"):
-        datamodule.prepare_data()
-    assert list(root.iterdir()) == []
+def test_cifar_batches_are_normalised_32x32_with_labels_from_the_class_folders(cifar_root):
+    datamodule = cifar_ready(cifar_root, batch_size=8)
+    assert (datamodule.num_classes, datamodule.input_shape) == (10, (3, 32, 32))
+    assert len(datamodule.train_dataset) == 40 and len(datamodule.val_dataset) == 20
+    images, labels = next(iter(datamodule.val_dataloader()))
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+    # val is unshuffled: the first images are the airplanes, then the automobiles
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    truck = np.asarray(Image.open(sorted((cifar_root / "test" / "truck").glob("*.jpg"))[0]))
+    assert torch.allclose(datamodule.val_dataset[18][0], normalised(truck, CIFAR10_MEAN, CIFAR10_STD), atol=1e-6)
+    assert abs(float(truck.mean()) - float(class_images(9, 1, seed=0).mean())) < 8  # the truck colour
 
 
-def test_failed_download_explains_what_to_do(pets_server, tmp_path):
-    _, base_url, _ = pets_server
-    datamodule = PetsDataModule(root=tmp_path / "pets", base_url=f"{base_url}/nowhere", checksums={})
-    with pytest.raises(RuntimeError) as error:
-        datamodule.prepare_data()
+def test_cifar_train_subset_is_class_balanced_and_seeded(cifar_root):
+    datamodule = cifar_ready(cifar_root, train_subset=20, val_subset=10)
+    counts = collections.Counter(labels_of(datamodule.train_dataset))
+    assert sorted(counts) == list(range(10)) and set(counts.values()) == {2}
+    assert collections.Counter(labels_of(datamodule.val_dataset)) == {label: 1 for label in range(10)}
+    again = cifar_ready(cifar_root, train_subset=20, val_subset=10)
+    other = cifar_ready(cifar_root, train_subset=20, seed=1)
+    assert datamodule.train_dataset.indices == again.train_dataset.indices
+    assert datamodule.train_dataset.indices != other.train_dataset.indices
+    uneven = collections.Counter(labels_of(cifar_ready(cifar_root, train_subset=23).train_dataset))
+    assert sum(uneven.values()) == 23 and sorted(collections.Counter(uneven.values()).items()) == [(2, 7), (3, 3)]
+
+
+@pytest.mark.parametrize(("key", "limit"), [("train_subset", 50_000), ("val_subset", 10_000)])
+@pytest.mark.parametrize("size", [0, 5, -10, "over", "many", True])
+def test_cifar_bad_subset_sizes_are_refused_naming_the_value_and_the_range(key, limit, size):
+    size = limit + 1 if size == "over" else size
+    with pytest.raises(ValueError, match=rf"{key}={size!r} is invalid; it must be null .* \[10, {limit}\]"):
+        CIFAR10DataModule(**{key: size})
+
+
+def test_a_subset_larger_than_the_local_copy_is_refused(cifar_root):
+    with pytest.raises(ValueError, match=r"train_subset=50 is invalid: class \d has only 4 images; .* at most 40"):
+        cifar_ready(cifar_root, train_subset=50)
+
+
+def test_missing_cifar_data_names_every_place_it_looked(tmp_path):
+    root, archive = tmp_path / "nowhere", tmp_path / "no.tar.gz"
+    with pytest.raises(FileNotFoundError) as error:
+        CIFAR10DataModule(root=root, archive=archive, download=False)
     message = str(error.value)
-    assert f"could not be downloaded from {base_url}/nowhere/images.tar.gz" in message
-    assert str(tmp_path / "pets" / "images") in message and "trainval.txt" in message
-    assert "data=digits" in message
+    assert f"{root}/train" in message and f"{root}/cifar-10-batches-py" in message
+    assert f"{str(archive)!r} (not found)" in message and "data.download=true" in message
 
 
-def test_missing_files_without_download_explain_what_to_do(tmp_path):
-    datamodule = PetsDataModule(root=tmp_path / "pets", download=False)
-    with pytest.raises(RuntimeError, match="download=False.*data=digits"):
-        datamodule.prepare_data()
-    with pytest.raises(RuntimeError, match="data=digits"):
+def test_an_archive_in_another_layout_is_refused(tmp_path):
+    archive = make_cifar_archive(tmp_path / "nested.tar.gz", n_train=1, n_test=1, prefix="cifar10/")
+    with pytest.raises(ValueError, match=r"nested.tar.gz' does not hold train/<class>/\*.jpg"):
+        CIFAR10DataModule(root=tmp_path / "out", archive=archive).prepare_data()
+
+
+def test_class_folders_must_be_cifar10_s(tmp_path):
+    classes = ("cat", "dog", *CIFAR10_CLASSES[:3], "bike", *CIFAR10_CLASSES[6:])
+    archive = make_cifar_archive(tmp_path / "other.tar.gz", n_train=1, n_test=1, classes=classes)
+    datamodule = CIFAR10DataModule(root=tmp_path / "out", archive=archive)
+    datamodule.prepare_data()
+    with pytest.raises(ValueError, match=r"the class folders of .*train are \['airplane', .*'bike'.*CIFAR-10's are"):
         datamodule.setup()
+
+
+@pytest.fixture
+def cifar_site(server, monkeypatch):
+    """torchvision's CIFAR-10 release, in miniature, on the local server in place of the official URL."""
+    tarball, md5s = make_cifar_python_tarball(server.folder / "cifar-10-python.tar.gz")
+    monkeypatch.setattr(CIFAR10, "url", f"{server.url}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(CIFAR10, "tgz_md5", hashlib.md5(tarball.read_bytes()).hexdigest())
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5s["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5s["batches.meta"]})
+    return server
+
+
+def test_without_a_local_copy_torchvision_downloads_cifar10(cifar_site, tmp_path):
+    root = tmp_path / "cifar10"
+    datamodule = CIFAR10DataModule(root=root, archive=tmp_path / "absent.tar.gz", train_subset=30)
+    datamodule.prepare_data()
+    assert cifar_site.requests[-1] == "/cifar-10-python.tar.gz" and (root / "cifar-10-batches-py").is_dir()
+    datamodule.setup()
+    assert len(datamodule.val_dataset) == 10
+    assert collections.Counter(labels_of(datamodule.train_dataset)) == {label: 3 for label in range(10)}
+    images, labels = next(iter(datamodule.val_dataloader()))
+    expected = normalised(class_images(int(labels[4]), 1, seed=9 * 100 + int(labels[4]))[0], CIFAR10_MEAN, CIFAR10_STD)
+    assert images.shape == (10, 3, 32, 32) and torch.allclose(images[4], expected, atol=1e-6)
+
+
+def test_a_failed_cifar_download_says_what_to_do(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(CIFAR10, "url", f"{server.url}/nowhere/cifar-10-python.tar.gz")
+    with pytest.raises(FileNotFoundError, match=r"could not be downloaded from .*nowhere.*data.archive"):
+        CIFAR10DataModule(root=tmp_path / "cifar10").prepare_data()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Safe extraction of local archives
+# --------------------------------------------------------------------------------------------------------
 
 
 def tarball_with(tmp_path: Path, member: tarfile.TarInfo) -> Path:
