@@ -63,12 +63,19 @@ ROOT_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, n
 
 def call_model(model: nn.Module, example_inputs: object) -> object:
     """Call ``model`` the way torch-pruning does: a tuple/list is unpacked, a dict is passed as keywords."""
+    if not isinstance(model, nn.Module):  # any callable (a compiled model, an ONNX session's run)
+        return call_unpacked(model, example_inputs)
     with hf.no_kv_cache(model):
-        if isinstance(example_inputs, tuple | list):
-            return model(*example_inputs)
-        if isinstance(example_inputs, dict):
-            return model(**example_inputs)
-        return model(example_inputs)
+        return call_unpacked(model, example_inputs)
+
+
+def call_unpacked(fn: object, inputs: object) -> object:
+    """``fn(*inputs)`` for a tuple/list, ``fn(**inputs)`` for a dict, else ``fn(inputs)``."""
+    if isinstance(inputs, tuple | list):
+        return fn(*inputs)
+    if isinstance(inputs, dict):
+        return fn(**inputs)
+    return fn(inputs)
 
 
 def find_output_layers(model: nn.Module, example_inputs: object) -> list[str]:

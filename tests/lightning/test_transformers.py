@@ -86,7 +86,8 @@ def test_hugging_face_model_prunes_inside_a_fit(family: str, context: str, tmp_p
     dense = [(heads_and_dim(a), projections(a)) for a in attention_modules(make())]
     module, callback, found = zoo.prune_in_fit(make, key, shape, context, tmp_path)
     net = module.net
-    assert not [w for w in found["warnings"] if "PruningCallback" in w], found["warnings"]  # nothing left out
+    left_out = [w for w in found["warnings"] if "PruningCallback" in w and "not fine-tuned" not in w]
+    assert not left_out, found["warnings"]  # nothing left out
     assert callback.left_out == [] and callback.unsafe_ignored == []
     blocks = callback.pruner.blocks
     assert len(blocks) == 2 and all(b.unsupported is None for b in blocks)
