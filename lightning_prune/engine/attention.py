@@ -13,13 +13,14 @@ Layouts covered:
 - separate ``q``/``k``/``v`` projections (BERT, ViT, LLaMA/Mistral/Qwen-style decoders), with grouped-query
   attention (fewer key/value heads than query heads).
 
-Each block is pruned one of two ways (:attr:`AttentionBlock.mode`):
+The blocks are pruned here (:class:`AttentionCut`), not through torch-pruning's graph, which maps GPT-2's
+last-dim ``split``, grouped-query attention's repeated keys and values and rotary embeddings wrongly. Each
+block is pruned one of two ways (:attr:`AttentionBlock.mode`):
 
-- ``"dims"``: torch-pruning prunes it, told the head counts (``num_heads``), so every head loses the same
-  dims (or whole heads go with ``prune_num_heads=True``);
-- ``"heads"``: whole key/value heads go, each with the query heads grouped over it, pruned by
-  :class:`HeadPruner` here. For grouped-query attention (torch-pruning mis-maps its repeated keys and
-  values) and rotary position embeddings (they pair the dims of a head, so no dim can go alone).
+- ``"dims"``: every head loses the same dims (and whole heads go too with ``prune_num_heads=True``);
+- ``"heads"``: only whole key/value heads go, each with the query heads grouped over it: grouped-query
+  attention, rotary position embeddings (they pair the dims of a head, so no dim can go alone), and
+  blocks that normalise each head's dims (timm's ``qk_norm``).
 
 A block whose layout is neither (e.g. LeViT's and EfficientFormer's per-head ``split`` into keys and values
 of different sizes) is left unpruned, with the reason (:attr:`AttentionBlock.unsupported`).
@@ -337,9 +338,23 @@ def _make_block(model: nn.Module, found: dict[str, Any], o: str | None, flow: _F
         block.mode = "heads"
     block.attrs = _attrs(model.get_submodule(owner), block.role_values(heads, kv_heads, head_dim))
     block.per_head_params = any(heads in p.shape for p in _bare_parameters(model, block))
-    if block.mode == "heads" and block.per_head_params:
-        block.unsupported, block.mode = "it has parameters per head and its heads can only go whole", "none"
+    inner = [p for p in _inner_parameters(model, block) if p.dim() == 1]  # norms inside the block
+    if any(p.numel() == heads * head_dim for p in inner) and heads > 1:
+        block.unsupported = "it normalises all its heads' dims together (scale norm)"
+    elif any(p.numel() == head_dim for p in inner):
+        block.mode = "heads"  # q/k norms over each head's dims: no dim can go
+    if block.mode == "heads" and block.per_head_params and not block.unsupported:
+        block.unsupported = "it has parameters per head and its heads can only go whole"
+    if block.unsupported:
+        block.mode = "none"
     return block
+
+
+def _inner_parameters(model: nn.Module, block: AttentionBlock) -> list[nn.Parameter]:
+    """The parameters of the block's module other than its projections'."""
+    owner = model.get_submodule(block.owner)
+    projections = {id(p) for n in [*block.projections, block.o] if n for p in model.get_submodule(n).parameters()}
+    return [p for p in owner.parameters() if id(p) not in projections]
 
 
 # -- what torch-pruning is told -----------------------------------------------------------------------

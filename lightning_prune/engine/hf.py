@@ -45,7 +45,7 @@ from . import compat
 def no_kv_cache(model: nn.Module) -> Iterator[None]:
     """Switch ``config.use_cache`` off on every submodule's config inside the block (and back on after)."""
     configs: dict[int, Any] = {}
-    for module in model.modules():
+    for module in model.modules() if isinstance(model, nn.Module) else ():
         config = getattr(module, "config", None)
         if config is not None and getattr(config, "use_cache", None) is True:
             configs[id(config)] = config

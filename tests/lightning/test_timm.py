@@ -22,6 +22,7 @@ def create(name: str, **kwargs: object) -> torch.nn.Module:
 
 TRANSFORMERS = {
     "vit_tiny": (partial(create, "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2), 32),
+    "vit_qk_norm": (partial(create, "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, qk_norm=True), 32),
     "deit_tiny": (partial(create, "deit_tiny_patch16_224", img_size=32, patch_size=8, depth=2), 32),
     "swin_tiny": (partial(create, "swin_tiny_patch4_window7_224", img_size=56, window_size=7, embed_dim=24,
                           depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)), 56),  # fmt: skip
@@ -95,6 +96,13 @@ def test_vit_heads_lose_the_same_dims_and_images_of_other_sizes_still_run(tmp_pa
         assert block.attn.num_heads == 3 and block.attn.head_dim < 64
         assert block.attn.qkv.out_features == 3 * block.attn.attn_dim
     assert net.cls_token.shape[-1] == net.pos_embed.shape[-1] == net.patch_embed.proj.out_channels < 192
+
+
+def test_vit_with_normalised_heads_loses_whole_heads(tmp_path) -> None:
+    module, callback = run("vit_qk_norm", "local", tmp_path)
+    for block in module.net.blocks:  # q/k norms over each head's 64 dims: no dim can go, a head can
+        assert (block.attn.num_heads, block.attn.head_dim) == (2, 64) and block.attn.q_norm.weight.numel() == 64
+        assert block.attn.qkv.out_features == 3 * 2 * 64
 
 
 def test_poolformer_scale_shape_follows_its_pruned_scale(tmp_path) -> None:
