@@ -1,10 +1,10 @@
-"""lightning-prune: scheduled structured pruning for PyTorch Lightning.
+"""lightning-prune: scheduled structured pruning (and sparsity) for PyTorch Lightning.
 
 The package has three layers, each importing only the ones above it:
 
 - :mod:`lightning_prune.engine`: the pruning engine, on torch and torch-pruning only (no Lightning);
-- the Lightning layer: :mod:`~lightning_prune.callback`, :mod:`~lightning_prune.checkpoint`,
-  :mod:`~lightning_prune.distributed`;
+- the Lightning layer: :mod:`~lightning_prune.callback`, :mod:`~lightning_prune.sparsify`,
+  :mod:`~lightning_prune.checkpoint`, :mod:`~lightning_prune.distributed`;
 - :mod:`lightning_prune.app`: the example Hydra app (``pip install "lightning-prune[app]"``), never imported here.
 
 >>> from lightning_prune import PruningCallback
@@ -19,6 +19,7 @@ from typing import Any
 # Exports resolve on first use (PEP 562), so ``import lightning_prune.engine`` never loads Lightning.
 _EXPORTS = {
     "PruningCallback": ".callback",
+    "SparsifyCallback": ".sparsify",
     "PrunedCheckpointMixin": ".checkpoint",
     "restore_pruned": ".checkpoint",
     "CRITERIA": ".engine.criteria",
@@ -32,6 +33,12 @@ _EXPORTS = {
     "SCHEDULES": ".engine.schedules",
     "get_schedule": ".engine.schedules",
     "PruningSpec": ".engine.spec",
+    "SparsifySpec": ".engine.spec",
+    "compute_masks": ".engine.sparsity",
+    "render_sparsity_report": ".engine.sparsity",
+    "compact": ".engine.compact",
+    "zero_channels": ".engine.compact",
+    "to_semi_structured": ".engine.semi_structured",
     "ParameterChange": ".engine.surgery",
     "ParameterTracker": ".engine.surgery",
     "remap_optimizer": ".engine.surgery",
@@ -60,6 +67,10 @@ __all__ = [
     "PrunedCheckpointMixin",
     "PruningCallback",
     "PruningSpec",
+    "SparsifyCallback",
+    "SparsifySpec",
+    "compact",
+    "compute_masks",
     "count_macs_params",
     "find_output_layers",
     "get_criterion",
@@ -67,6 +78,9 @@ __all__ = [
     "layer_report",
     "remap_optimizer",
     "render_layer_report",
+    "render_sparsity_report",
     "restore_pruned",
+    "to_semi_structured",
+    "zero_channels",
 ]
 __version__ = "0.1.0"

@@ -36,12 +36,46 @@ from .engine.pruner import ChannelPruner, PruneStep
 from .engine.report import LayerRow, layer_report, render_layer_report
 from .engine.safety import describe
 from .engine.schedules import Schedule
-from .engine.session import ScheduledPruning, describe_event
-from .engine.spec import PruningSpec
+from .engine.session import ScheduledPruning, describe_event, describe_left_out
+from .engine.spec import PruningSpec, resolve_end_epoch
 from .lightning_compat import first_training_batch, spawns_ranks, start_method
 
 
-class PruningCallback(Callback):
+class SessionCallback(Callback):
+    """What both callbacks share: one engine session per fit (``self.session``, with ``state_dict`` and
+    ``load_state_dict``), its state kept until the session exists, and the fit's example inputs and seed.
+    Subclasses set ``self.spec`` (with ``example_inputs`` and ``seed``) and build the session in ``setup``."""
+
+    spec: Any
+    session: Any
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session = None
+        self._state: dict[str, Any] = {}  # loaded before the session exists
+
+    def _fit_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        """The one-sample example inputs: the argument, ``example_input_array`` or the first training batch."""
+        return resolve_example_inputs(
+            self.spec.example_inputs, pl_module.example_input_array, partial(first_training_batch, trainer)
+        )
+
+    def _fit_seed(self) -> int:
+        """The argument's seed, else the seed of ``seed_everything`` (or 0)."""
+        return self.spec.seed if self.spec.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self._state if self.session is None else self.session.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._state = dict(state_dict)
+        if self.session is not None:
+            self.session.load_state_dict(self._state)
+
+
+class PruningCallback(SessionCallback):
     r"""Physically remove channels on a schedule while the model trains.
 
     At the end of every epoch from ``start_epoch`` to ``end_epoch`` the share of removed channels becomes
@@ -64,7 +98,8 @@ class PruningCallback(Callback):
         criterion: a name from :data:`lightning_prune.CRITERIA` or a torch-pruning ``Importance``.
         context: ``"global"`` ranks channels across layers, ``"local"`` prunes every layer by the ratio.
         start_epoch: first epoch at whose end pruning may happen.
-        end_epoch: epoch at whose end the full ratio is reached; default: the trainer's last epoch.
+        end_epoch: epoch at whose end the full ratio is reached; default: the trainer's second-to-last epoch,
+            so that the last epoch fine-tunes the pruned model (a warning says when no epoch is left for that).
         example_inputs: inputs for tracing; default: ``example_input_array`` or the first training batch,
             cut to one sample.
         ignored_layers: module-name patterns (fnmatch) never pruned; a pattern matching nothing is an error.
@@ -117,7 +152,6 @@ class PruningCallback(Callback):
         self.spec = PruningSpec(**{name: arguments[name] for name in PruningSpec.__dataclass_fields__})
         self.session: ScheduledPruning | None = None  # one per fit, built in setup
         self.report: list[LayerRow] = []
-        self._state: dict[str, Any] = {}  # loaded before the session exists
         self._load_hook: Any = None
 
     # -- read-only views of the session ---------------------------------------------------------------
@@ -144,6 +178,11 @@ class PruningCallback(Callback):
     def unsafe_ignored(self) -> list[str]:
         """Layers left unpruned because they feed unsafe operations."""
         return [] if self.session is None else [op.module for op in self.session.unsafe]
+
+    @property
+    def left_out(self) -> list[str]:
+        """Layers (and bare parameters) left unpruned because torch-pruning cannot group them correctly."""
+        return [] if self.session is None else [o.name for o in self.session.left_out]
 
     @property
     def example_inputs(self) -> Any:
@@ -174,20 +213,13 @@ class PruningCallback(Callback):
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _end_epoch(self, trainer: pl.Trainer) -> int:
-        start, end, max_epochs = self.spec.start_epoch, self.spec.end_epoch, trainer.max_epochs
-        if max_epochs is None or max_epochs < 0:
-            if end is None:
-                raise ValueError("the trainer has no max_epochs; set PruningCallback(end_epoch=...)")
-            return end
-        if start >= max_epochs:
-            raise ValueError(
-                f"start_epoch={start} is at or past max_epochs={max_epochs}; it must lie in [0, {max_epochs - 1}]"
-            )
-        end = max_epochs - 1 if end is None else end
-        if end >= max_epochs:
-            raise ValueError(
-                f"end_epoch={end} is at or past max_epochs={max_epochs}; it must lie in "
-                f"[{start}, {max_epochs - 1}] so that the full ratio is reached"
+        spec = self.spec
+        end = resolve_end_epoch(spec.start_epoch, spec.end_epoch, trainer.max_epochs, "PruningCallback", "ratio")
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and end == max_epochs - 1 and spec.prunes_anything:
+            rank_zero_warn(
+                f"PruningCallback: the last prune happens at the end of the last epoch ({end}), so the pruned "
+                f"model is not fine-tuned; set end_epoch <= {max_epochs - 2} or train longer"
             )
         return end
 
@@ -202,17 +234,17 @@ class PruningCallback(Callback):
         if not self.spec.prunes_anything:
             rank_zero_warn("PruningCallback: ratio=0 with no ratio_overrides or budget prunes nothing")
         end_epoch = self._end_epoch(trainer)
-        inputs = resolve_example_inputs(
-            self.spec.example_inputs, pl_module.example_input_array, partial(first_training_batch, trainer)
+        session = self.session = ScheduledPruning(
+            pl_module, self._fit_inputs(trainer, pl_module), self.spec, end_epoch, seed=self._fit_seed()
         )
-        seed = self.spec.seed if self.spec.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        session = self.session = ScheduledPruning(pl_module, inputs, self.spec, end_epoch, seed=seed)
         session.chooses = trainer.is_global_zero
         session.load_state_dict(self._state)
         if session.unsafe:
             rank_zero_warn(
                 f"PruningCallback: not pruning layers that feed unsafe operations: {describe(session.unsafe)}"
             )
+        if session.left_out:
+            rank_zero_warn(f"PruningCallback: not pruning {describe_left_out(session.left_out)}")
         if session.pruner.build_seconds > self.spec.graph_build_warn_s:
             rank_zero_warn(
                 f"PruningCallback: building the dependency graph took {session.pruner.build_seconds:.1f}s "
@@ -330,13 +362,3 @@ class PruningCallback(Callback):
     ) -> None:
         if self.session is not None:
             checkpoint[RECORD_KEY] = make_record(self.session.pruner.history(), self.session.inputs)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return self._state if self.session is None else self.session.state_dict()
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._state = dict(state_dict)
-        if self.session is not None:
-            self.session.load_state_dict(self._state)

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import copy
 import os
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from .engine.compat import preserved_training_modes, traceable
 from .engine.inputs import map_tensors
-from .engine.pruner import ChannelPruner, plain_history, replay_history
+from .engine.pruner import ChannelPruner, Restructurer, plain_history
 from .lightning_compat import loaded_checkpoint
 
 RECORD_KEY = "lightning_prune"
@@ -53,6 +52,28 @@ def make_record(history: Sequence[Sequence], example_inputs: Any) -> dict[str, A
     }
 
 
+def check_torch_file(path: str | os.PathLike, what: str = "file") -> None:
+    """Raise a clear ValueError if ``path`` is not a complete file written by ``torch.save`` (a zip archive):
+    a truncated or foreign file, instead of torch's raw zip error.
+
+    >>> import tempfile, pathlib
+    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "bad.ckpt"; _ = bad.write_bytes(b"not a checkpoint")
+    >>> check_torch_file(bad, "ckpt_path")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ckpt_path=... is not a complete file written by torch.save (truncated or corrupt?)...
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        broken = str(err)
+    if broken is not None:
+        raise ValueError(
+            f"{what}={str(path)!r} is not a complete file written by torch.save (truncated or corrupt?): {broken}"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``: pruned checkpoints hold no pickled objects.
 
@@ -61,6 +82,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     >>> load_checkpoint(path)
     {'state_dict': {}}
     """
+    check_torch_file(path, "checkpoint")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -128,20 +150,18 @@ def first_shape_mismatch(module: nn.Module, state_dict: Mapping[str, Any]) -> st
 
 
 def _replay(module: nn.Module, record: Mapping[str, Any], prefix: str) -> None:
-    history = [[name[len(prefix):], is_out, idxs] for name, is_out, idxs in record["history"]]
-    if prefix and any(not name.startswith(prefix) for name, _, _ in record["history"]):
+    history = [[r[0][len(prefix) :], *r[1:]] for r in record["history"]]
+    if prefix and any(not r[0].startswith(prefix) for r in record["history"]):
         raise ValueError(f"the pruning record names layers outside {prefix!r}; it does not match the module")
     inputs = record["example_inputs"]
     try:
-        with traceable(module):
-            graph = tp.DependencyGraph().build_dependency(module, example_inputs=inputs)
+        pruner = Restructurer(module, inputs)
     except Exception as err:
         raise ValueError(
             f"cannot rebuild the dependency graph of {type(module).__name__} with the checkpoint's example "
             f"inputs: {type(err).__name__}: {err}"
         ) from err
-    with preserved_training_modes(module), torch.no_grad():
-        replay_history(graph, history)
+    pruner.apply_records(history)
 
 
 def restructure(module: nn.Module, checkpoint: Mapping[str, Any]) -> bool:

@@ -76,8 +76,9 @@ from lightning.pytorch.strategies.xla import XLAStrategy
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
+from .engine.compat import register_state_dict_post_hook
 from .engine.pruner import ChannelPruner, PruneStep
-from .lightning_compat import register_state_dict_post_hook, reset_static_graph_delay
+from .lightning_compat import reset_static_graph_delay
 
 try:  # Lightning >= 2.5
     from lightning.pytorch.callbacks import WeightAveraging
@@ -95,7 +96,7 @@ SUPPORTED_STRATEGIES = (
     "DDPStrategy(...)",
 )
 
-_WHOLE = "so no rank holds a layer's whole weight tensor to cut channels out of"
+_WHOLE = "so no rank holds a layer's whole weight tensor to cut channels out of (or to mask)"
 _UNSUPPORTED: tuple[tuple[type, str], ...] = (
     # DeepSpeed and XLA subclass DDPStrategy: they are checked before DDP is accepted
     (DeepSpeedStrategy, f"DeepSpeed partitions parameters and optimizer state (ZeRO) and owns the optimizer, {_WHOLE}"),
@@ -106,21 +107,22 @@ _UNSUPPORTED: tuple[tuple[type, str], ...] = (
 )
 
 
-def _describe(strategy: Strategy | type | str) -> tuple[str, type | None]:
+def _describe(strategy: Strategy | type | str, owner: str) -> tuple[str, type | None]:
     """A printable name and the strategy's class (None for ``"auto"``)."""
     if isinstance(strategy, str):
         if strategy == "auto":
             return "'auto'", None
         if strategy not in StrategyRegistry:
             supported = ", ".join(SUPPORTED_STRATEGIES)
-            raise ValueError(f"strategy {strategy!r} is unknown to Lightning; PruningCallback supports {supported}")
+            raise ValueError(f"strategy {strategy!r} is unknown to Lightning; {owner} supports {supported}")
         return repr(strategy), StrategyRegistry[strategy]["strategy"]
     cls = strategy if isinstance(strategy, type) else type(strategy)
     return cls.__name__, cls
 
 
-def check_strategy_supported(strategy: Strategy | type | str) -> None:
-    """Raise ``ValueError`` unless channel pruning works under ``strategy``.
+def check_strategy_supported(strategy: Strategy | type | str, owner: str = "PruningCallback") -> None:
+    """Raise ``ValueError`` unless channel pruning (or sparsity, ``owner`` naming the callback) works under
+    ``strategy``.
 
     ``strategy`` is a Strategy instance (``trainer.strategy``), a Strategy class, or a name from Lightning's
     registry (such as ``"ddp_spawn"`` or ``"fsdp"``), so an application can check its configuration before
@@ -132,7 +134,7 @@ def check_strategy_supported(strategy: Strategy | type | str) -> None:
     ...
     ValueError: PruningCallback does not support the strategy 'fsdp' (FSDPStrategy): FSDP flattens ...
     """
-    name, cls = _describe(strategy)
+    name, cls = _describe(strategy, owner)
     if cls is None:
         return
     label = name if name == cls.__name__ else f"{name} ({cls.__name__})"
@@ -140,37 +142,42 @@ def check_strategy_supported(strategy: Strategy | type | str) -> None:
     for unsupported, reason in _UNSUPPORTED:
         if issubclass(cls, unsupported):
             raise ValueError(
-                f"PruningCallback does not support the strategy {label}: {reason}. Supported strategies: {supported}."
+                f"{owner} does not support the strategy {label}: {reason}. Supported strategies: {supported}."
             )
     if not issubclass(cls, DDPStrategy | SingleDeviceStrategy):
         raise ValueError(
-            f"PruningCallback does not support the strategy {label}: only single-device training and "
+            f"{owner} does not support the strategy {label}: only single-device training and "
             f"DistributedDataParallel are supported. Supported strategies: {supported}."
         )
 
 
-def check_no_weight_averaging(trainer: pl.Trainer, pl_module: torch.nn.Module) -> None:
+PRUNING_AVERAGING_HINT = (
+    "Pruning changes the parameters' shapes, and PruningCallback does not keep averaged copies in step. "
+    "Remove the weight averaging from the pruning run, or average weights in a later fit of the pruned model."
+)
+
+
+def check_no_weight_averaging(
+    trainer: pl.Trainer, pl_module: torch.nn.Module, owner: str = "PruningCallback", hint: str = PRUNING_AVERAGING_HINT
+) -> None:
     """Raise ``ValueError`` if the trainer or module keeps an averaged copy of the weights (SWA, EMA).
 
-    Such a copy has the unpruned shapes, and the callback does not keep it in step with the pruned model.
+    Such a copy has the unpruned shapes (or, for ``SparsifyCallback``, the parameters before they were
+    re-parametrised), and the callback ``owner`` does not keep it in step; ``hint`` says why and what to do.
     """
-    hint = (
-        "Pruning changes the parameters' shapes, and PruningCallback does not keep averaged copies in step. "
-        "Remove the weight averaging from the pruning run, or average weights in a later fit of the pruned model."
-    )
     for callback in trainer.callbacks:
         if isinstance(callback, StochasticWeightAveraging | WeightAveraging):
-            raise ValueError(f"PruningCallback cannot run with the {type(callback).__name__} callback. {hint}")
+            raise ValueError(f"{owner} cannot run with the {type(callback).__name__} callback. {hint}")
         for attr, value in vars(callback).items():
             if isinstance(value, AveragedModel):
                 raise ValueError(
-                    f"PruningCallback cannot run with {type(callback).__name__}, which keeps an AveragedModel "
+                    f"{owner} cannot run with {type(callback).__name__}, which keeps an AveragedModel "
                     f"in {attr!r}. {hint}"
                 )
     for name, module in pl_module.named_modules():
         if isinstance(module, AveragedModel):
             raise ValueError(
-                f"PruningCallback cannot prune {type(pl_module).__name__}: its submodule {name or '<root>'!r} "
+                f"{owner} cannot run on {type(pl_module).__name__}: its submodule {name or '<root>'!r} "
                 f"is a torch.optim.swa_utils.AveragedModel. {hint}"
             )
 
@@ -198,6 +205,18 @@ def prune_in_sync(
     step = pruner.replay(decision["history"])
     step.target, step.groups = float(decision["target"]), int(decision["groups"])
     return step, decision["info"]
+
+
+def decide_on_rank_zero(decide: Callable[[], Any], strategy: Strategy | None = None) -> Any:
+    """``decide()`` on rank 0, its result broadcast to every rank (every rank must call it, as with any
+    collective); ``decide()`` itself with one process. The result is pickled: give CPU tensors.
+
+    >>> decide_on_rank_zero(lambda: {"mask": [1, 0]})
+    {'mask': [1, 0]}
+    """
+    if strategy is None or getattr(strategy, "world_size", 1) <= 1:
+        return decide()
+    return strategy.broadcast(decide() if strategy.is_global_zero else None, src=0)
 
 
 def rewrap_ddp(trainer: pl.Trainer) -> bool:

@@ -6,11 +6,9 @@ attribute it reads or writes and why there is no public way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
 
@@ -50,10 +48,3 @@ def reset_static_graph_delay(strategy: Any) -> None:
     hook registration once (``_pl_static_graph_delay_done``); the new wrapper needs that delay again."""
     if hasattr(strategy, "_pl_static_graph_delay_done"):
         strategy._pl_static_graph_delay_done = False
-
-
-def register_state_dict_post_hook(module: torch.nn.Module, hook: Callable[..., None]) -> None:
-    """``module.register_state_dict_post_hook`` (public from torch 2.3), else the private
-    ``_register_state_dict_hook`` of older torch."""
-    register = getattr(module, "register_state_dict_post_hook", None)
-    (register or module._register_state_dict_hook)(hook)

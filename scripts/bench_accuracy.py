@@ -52,14 +52,22 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import RESULTS_DIR, machine_info, markdown_table, set_threads, write_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    evaluate_accuracy,
+    machine_info,
+    markdown_table,
+    modelpruning_callback,
+    set_threads,
+    write_json,
+)
+from bench_common import latency_vs_dense as timed_vs_dense  # noqa: E402
 
 from lightning_prune import PruningCallback  # noqa: E402
 from lightning_prune.app.data import DigitsDataModule  # noqa: E402
 from lightning_prune.app.models import small_cnn  # noqa: E402
 from lightning_prune.app.module import ClassifierModule  # noqa: E402
 from lightning_prune.engine.budget import search_channel_ratio  # noqa: E402
-from lightning_prune.engine.latency import pairwise_latencies, pairwise_ratio  # noqa: E402
 from lightning_prune.engine.pruner import ChannelPruner  # noqa: E402
 from lightning_prune.engine.report import count_macs_params  # noqa: E402
 
@@ -109,13 +117,7 @@ def example(args: argparse.Namespace) -> torch.Tensor:
 
 def evaluate(module: ClassifierModule, data: DigitsDataModule) -> float:
     """Validation accuracy of ``module`` in eval mode."""
-    model = module.model.eval()
-    correct = total = 0
-    with torch.inference_mode():
-        for x, y in data.val_dataloader():
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return correct / total
+    return evaluate_accuracy(module.model, data.val_dataloader())
 
 
 def fill_grads(model: nn.Module, data: DigitsDataModule) -> None:
@@ -146,22 +148,10 @@ def fit_dense(args, data, seed) -> ClassifierModule:
     return module
 
 
-def conv_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    return [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
-
-
 def fit_modelpruning(args, data, seed, kind, amount) -> ClassifierModule:
     pl.seed_everything(seed, verbose=False)
     module = make_module(make_model(args), args)
-    common = dict(amount=amount, apply_pruning=lambda epoch: epoch == args.prune_start,
-                  use_lottery_ticket_hypothesis=False, make_pruning_permanent=True, verbose=0)
-    if kind == "l1_unstructured":  # every conv and linear weight, ranked globally
-        targets = conv_weights(module.model) + [(module.model.fc, "weight")]
-        callback = ModelPruning("l1_unstructured", parameters_to_prune=targets, use_global_unstructured=True, **common)
-    else:  # conv output channels by L2 norm; BatchNorm weights excluded (see module docstring)
-        callback = ModelPruning("ln_structured", parameters_to_prune=conv_weights(module.model), pruning_norm=2,
-                                use_global_unstructured=False,
-                                pruning_dim=0, **common)
+    callback = modelpruning_callback(kind, module.model, amount, args.prune_start)
     trainer(args, args.epochs, [callback]).fit(module, datamodule=data)
     return module
 
@@ -214,8 +204,7 @@ def calibrate(dense: nn.Module, data, args, criterion: str, fraction: float) -> 
 def latency_vs_dense(model: nn.Module, dense: nn.Module, args) -> tuple[float, float]:
     """Median pruned/dense latency ratio at batch ``--latency-batch`` (interleaved), and the model's ms."""
     x = torch.randn(args.latency_batch, 1, args.size, args.size)
-    dense_t, model_t = pairwise_latencies([dense, model], x, repeats=args.latency_pairs, warmup=10)
-    return pairwise_ratio(dense_t, model_t).median, 1e3 * statistics.median(model_t)
+    return timed_vs_dense(model, dense, x, args.latency_pairs)
 
 
 def summarize(arm: str, family: str, level: str | None, runs: list[dict], extra: dict | None = None) -> dict:

@@ -115,3 +115,94 @@ def pruned_copy(model: torch.nn.Module, example: torch.Tensor, ratio: float, **p
     pruner.prune_to(ratio)
     pruned.channel_ratio = pruner.channel_ratio()
     return pruned.eval()
+
+
+def bisect_ratio(measure: Any, target: float, lo: float = 0.0, hi: float = 0.95, iters: int = 14,
+                 tol: float = 0.002) -> tuple[float, float]:
+    """The smallest pruning ratio in ``[lo, hi]`` whose ``measure(ratio)`` (e.g. the MACs fraction left,
+    non-increasing in the ratio) is ``<= target``, by bisection, and that value; ``hi`` and its value when even
+    ``hi`` stays above the target. Stops early once a value within ``tol`` below the target is found. It
+    searches the ratio of a pruner whose own ratio means something else (fasterai's, Torch-Pruning's) so that
+    it lands on a MACs budget.
+
+    >>> round(bisect_ratio(lambda r: 1.0 - r, 0.25, tol=1e-4)[0], 3)
+    0.75
+    """
+    hi_value = measure(hi)
+    if hi_value > target:
+        return hi, hi_value
+    best = (hi, hi_value)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        value = measure(mid)
+        if value <= target:
+            hi, best = mid, (mid, value)
+            if target - value <= tol:
+                break
+        else:
+            lo = mid
+    return best
+
+
+def time_hooks(obj: Any, names: Iterable[str]) -> dict[str, list[float]]:
+    """Wrap the methods ``names`` of ``obj`` (a Lightning or fastai callback: both look hooks up on the
+    instance) so that each call's wall time is appended to the returned ``{name: [seconds, ...]}``."""
+    import time
+    from collections import defaultdict
+
+    times: dict[str, list[float]] = defaultdict(list)
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                times[name].append(time.perf_counter() - start)
+
+        return wrapper
+
+    for name in names:
+        setattr(obj, name, timed(name, getattr(obj, name)))
+    return times
+
+
+def evaluate_accuracy(model: torch.nn.Module, loader: Iterable[Any]) -> float:
+    """Top-1 accuracy of ``model`` in eval mode over ``(inputs, labels)`` batches."""
+    model.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return correct / total
+
+
+def latency_vs_dense(model: Any, dense: Any, inputs: torch.Tensor, pairs: int, warmup: int = 10) -> tuple[float, float]:
+    """Median pruned/dense latency ratio on ``inputs``, timed interleaved (A B A B ...) with the dense model,
+    and the model's median ms."""
+    import statistics
+
+    from lightning_prune.engine.latency import pairwise_latencies, pairwise_ratio  # noqa: PLC0415
+
+    dense_t, model_t = pairwise_latencies([dense, model], inputs, repeats=pairs, warmup=warmup)
+    return pairwise_ratio(dense_t, model_t).median, 1e3 * statistics.median(model_t)
+
+
+def conv_weights(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def modelpruning_callback(kind: str, model: torch.nn.Module, amount: float, epoch: int) -> Any:
+    """Lightning's masked ``ModelPruning``, applied once at the end of ``epoch`` and made permanent at the end.
+    ``l1_unstructured``: every conv weight and the ``fc`` head, ranked globally; ``ln_structured``: L2 norm over
+    conv output channels (BatchNorm's 1-D weights, which its default targets include, make it fail)."""
+    from lightning.pytorch.callbacks import ModelPruning  # noqa: PLC0415
+
+    common = dict(amount=amount, apply_pruning=lambda e: e == epoch, use_lottery_ticket_hypothesis=False,
+                  make_pruning_permanent=True, verbose=0)
+    if kind == "l1_unstructured":
+        targets = conv_weights(model) + [(model.fc, "weight")]
+        return ModelPruning("l1_unstructured", parameters_to_prune=targets, use_global_unstructured=True, **common)
+    return ModelPruning("ln_structured", parameters_to_prune=conv_weights(model), pruning_norm=2,
+                        use_global_unstructured=False, pruning_dim=0, **common)

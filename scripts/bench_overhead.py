@@ -39,7 +39,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import RESULTS_DIR, machine_info, markdown_table, pruned_copy, set_threads, write_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    machine_info,
+    markdown_table,
+    pruned_copy,
+    set_threads,
+    time_hooks,
+    write_json,
+)
 from torchvision.models import resnet18, resnet50  # noqa: E402
 
 from lightning_prune import PruningCallback  # noqa: E402
@@ -62,19 +70,7 @@ class TimedPruningCallback(PruningCallback):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.hook_times: dict[str, list[float]] = defaultdict(list)
-        for hook in HOOKS:
-            setattr(self, hook, self._timed(hook, getattr(super(), hook)))
-
-    def _timed(self, hook: str, fn):  # noqa: ANN001, ANN202
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.hook_times[hook].append(time.perf_counter() - start)
-
-        return wrapper
+        self.hook_times = time_hooks(self, HOOKS)
 
 
 def event_breakdown(dense: torch.nn.Module, example: torch.Tensor, ratio: float) -> dict[str, float]:

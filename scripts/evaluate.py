@@ -3,10 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
+from lightning_prune.app.cli import user_errors_in_one_line
 from lightning_prune.app.run import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@user_errors_in_one_line
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

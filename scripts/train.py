@@ -6,6 +6,7 @@ Hydra composes conf/train.yaml; the logic lives in lightning_prune.app.
 import hydra
 from omegaconf import DictConfig
 
+from lightning_prune.app.cli import user_errors_in_one_line
 from lightning_prune.app.config import register_configs
 from lightning_prune.app.run import train
 
@@ -13,6 +14,7 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@user_errors_in_one_line
 def main(cfg: DictConfig) -> float:
     return train(cfg)
 

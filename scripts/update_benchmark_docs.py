@@ -251,6 +251,77 @@ def overhead_section(ovh: dict[str, Any], others: list[dict[str, Any]] = ()) -> 
     return "\n".join(out), targets
 
 
+# -- frontier (bench_frontier.py) --------------------------------------------------------------------
+USABLE_POINTS = 1.0  # "usable" latency leader: within this many points of dense accuracy
+FRONTIER_HEADERS = ["arm", "accuracy %", "Δ points", "MACs ratio", "params ratio", "latency b1", "latency b32",
+                    "epochs", "fit s", "prune s"]
+
+
+def frontier_leaders(arms: list[dict[str, Any]], level: str) -> dict[str, dict[str, Any] | None]:
+    """The arms at ``level`` that lead in accuracy (highest mean) and in batch-32 latency (lowest ratio), and
+    the fastest of those within ``USABLE_POINTS`` of dense accuracy (``latency_usable``).
+
+    >>> arms = [dict(arm="a", level="2x", acc_mean=0.9, latency_ratio_b32=0.8),
+    ...         dict(arm="b", level="2x", acc_mean=0.8, latency_ratio_b32=0.6),
+    ...         dict(arm="c", level="3x", acc_mean=1.0, latency_ratio_b32=0.1)]
+    >>> {k: v["arm"] for k, v in frontier_leaders(arms, "2x").items()}
+    {'accuracy': 'a', 'latency': 'b', 'latency_usable': 'b'}
+    """
+    here = [a for a in arms if a["level"] == level]
+    timed = [a for a in here if a.get("latency_ratio_b32") is not None]
+    dense = next((a for a in arms if a.get("system") == "dense"), None)
+    usable = [a for a in timed if dense is None or a["acc_mean"] >= dense["acc_mean"] - USABLE_POINTS / 100]
+    fastest = lambda rows: min(rows, key=lambda a: a["latency_ratio_b32"]) if rows else None  # noqa: E731
+    return {"accuracy": max(here, key=lambda a: a["acc_mean"]) if here else None, "latency": fastest(timed),
+            "latency_usable": fastest(usable)}
+
+
+def frontier_section(fr: dict[str, Any], folder: Path = RESULTS_DIR, link_from: Path = ROOT) -> str:
+    cfg, dense = fr["config"], next(a for a in fr["arms"] if a["system"] == "dense")
+    out = [f"### Frontier: {fr['config_name']} ({fr['protocol']})\n\n{machine_line(fr)}.\n"]
+    fa = fr.get("fasterai") or {}
+    versions = f" fasterai {fa['fasterai']}, fastai {fa['fastai']};" if fa else " fasterai did not run;"
+    out.append(
+        f"What ran: seeds {cfg['seeds']}, {cfg['epochs']} epochs per arm ({cfg['optimizer']}, lr {cfg['lr']}, "
+        f"one-cycle, batch {cfg['batch_size']}), our pruning from epoch {cfg['prune_start']} to "
+        f"{cfg['prune_end']} (schedules {cfg['schedules']}, criteria {cfg['criteria']});{versions} "
+        f"Torch-Pruning arms prune the trained dense model and fine-tune {cfg['epochs']} more epochs (iterative: "
+        f"{cfg['tp_steps']} steps). Accuracy: mean ± std over seeds, evaluated by the same function for every "
+        f"system (dense {100 * dense['acc_mean']:.2f} ± {100 * dense['acc_std']:.2f}). Latency: seed 0's model "
+        "against dense, interleaved, on a CPU shared with other jobs, so the ratios are noisy (a few percent). "
+        "Prune s: time inside the pruning callback's hooks (Torch-Pruning: its ratio search and steps). "
+        "Masked ModelPruning keeps dense shapes, so its MACs count as dense.\n")
+    png = folder / (fr.get("plot") or "")
+    if fr.get("plot") and png.is_file():
+        out.append(f"![frontier]({Path(os.path.relpath(png, link_from)).as_posix()})\n")
+    closing = []
+    for level, fraction in fr["levels"].items():
+        arms = [a for a in fr["arms"] if a["level"] == level]
+        title = "fasterai's own point (pruning_ratio 0.4)" if level == "fasterai" else f"{level} fewer MACs"
+        out.append(f"**{title}** (MACs target {fraction:.3f})\n")
+        out.append(markdown_table(FRONTIER_HEADERS, [
+            [a["arm"], f"{100 * a['acc_mean']:.2f} ± {100 * a['acc_std']:.2f}",
+             f"{100 * (a['acc_mean'] - dense['acc_mean']):+.2f}", a["macs_ratio"], a["params_ratio"],
+             a.get("latency_ratio_b1"), a.get("latency_ratio_b32"), a["epochs_trained"], f"{a['fit_s']:.0f}",
+             f"{a['prune_s']:.2f}"] for a in arms]) + "\n")
+        lead = frontier_leaders(fr["arms"], level)
+        if lead["accuracy"] is not None:
+            acc, lat = lead["accuracy"], lead["latency"]
+            line = f"- {title}: accuracy led by `{acc['arm']}` ({100 * acc['acc_mean']:.2f}%)"
+            if lat is not None:
+                line += f", batch-32 latency by `{lat['arm']}` ({lat['latency_ratio_b32']:.3f} of dense)"
+            use = lead["latency_usable"]
+            if use is not lat:
+                line += (f"; within {USABLE_POINTS:g} point of dense accuracy, by `{use['arm']}` "
+                         f"({use['latency_ratio_b32']:.3f})" if use else
+                         f"; no arm within {USABLE_POINTS:g} point of dense accuracy was timed")
+            closing.append(line)
+    out.append("**Who leads** (measured, per MACs level)\n\n" + "\n".join(closing) + "\n")
+    if fr.get("errors"):
+        out.append("Errors: " + "; ".join(f"`{e}`" for e in fr["errors"]) + "\n")
+    return "\n".join(out)
+
+
 def render(folder: Path, link_from: Path = ROOT) -> str:
     """The generated part: targets, then the accuracy, latency and overhead sections, then ``notes.md``.
     ``link_from``: the folder of the file it goes into (links are relative to it)."""
@@ -269,6 +340,9 @@ def render(folder: Path, link_from: Path = ROOT) -> str:
             text, rows = fn(result)
         sections.append(text)
         targets.extend(rows)
+    for path in sorted(folder.glob("frontier_*.json")):
+        if not path.name.endswith(".partial.json"):
+            sections.append(frontier_section(json.loads(path.read_text()), folder, link_from))
     head = ("_Generated by `scripts/update_benchmark_docs.py` from `scripts/results/*.json`; rerun the "
             "`scripts/bench_*.py` scripts and then it, never edit by hand._\n")
     parts = [head, "### Targets\n", markdown_table(["target", "figure", "status"], targets) + "\n", *sections]

@@ -226,3 +226,161 @@ def test_interpolated_latency_brackets_half_the_macs():
     assert upd.interpolated_latency(rows, dict(model="m")) == pytest.approx(0.7 - 0.05 / 0.2 * 0.3)
     assert upd.interpolated_latency(rows[:2], dict(model="m")) is None  # nothing at or below 0.5
     assert upd.interpolated_latency(rows, dict(model="other")) is None
+
+
+# -- frontier (bench_frontier.py): its pure pieces, no fastai and no archive needed ------------------------
+def frontier_modules():
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_common
+    import bench_frontier
+    import update_benchmark_docs
+
+    return bench_common, bench_frontier, update_benchmark_docs
+
+
+def test_bisect_ratio_lands_on_the_budget_from_below():
+    common, _, _ = frontier_modules()
+    calls = []
+
+    def macs_left(ratio):  # a staircase, as channel counts make it: non-increasing, flat steps
+        calls.append(ratio)
+        return 1.0 - round(ratio * 20) / 20
+
+    ratio, value = common.bisect_ratio(macs_left, 0.5)
+    assert value <= 0.5 and value == macs_left(ratio)
+    assert macs_left(ratio - 0.03) > 0.5  # the smallest ratio that meets the budget, to the bisection's resolution
+    assert len(calls) <= 16
+    assert common.bisect_ratio(lambda r: 0.9, 0.5) == (0.95, 0.9)  # unreachable: the upper bound, reported as is
+
+
+def test_time_hooks_records_each_call_and_keeps_results():
+    common, _, _ = frontier_modules()
+
+    class Callback:
+        def on_epoch_end(self, x):
+            return 2 * x
+
+    cb = Callback()
+    times = common.time_hooks(cb, ["on_epoch_end"])
+    assert cb.on_epoch_end(3) == 6 and cb.on_epoch_end(1) == 2
+    assert len(times["on_epoch_end"]) == 2 and all(t >= 0 for t in times["on_epoch_end"])
+
+
+def fake_frontier() -> dict:
+    def arm(name, system, level, acc, macs, lat):
+        return {"arm": name, "system": system, "level": level, "seeds": [0, 1], "acc": [acc, acc],
+                "acc_mean": acc, "acc_std": 0.0, "macs_ratio": macs, "params_ratio": macs, "latency_ratio_b1": lat,
+                "latency_ratio_b32": lat, "fit_s": 10.0, "prune_s": 0.5, "epochs_trained": 3}
+
+    arms = [arm("dense", "dense", None, 0.99, 1.0, 1.0),
+            arm("ours/agp/l2", "ours", "2x", 0.97, 0.5, 0.8), arm("fasterai", "fasterai", "2x", 0.98, 0.49, 0.7),
+            arm("torch_pruning/once", "torch_pruning", "2x", 0.96, 0.5, 0.75),
+            arm("modelpruning/ln_structured", "modelpruning", "2x", 0.95, 1.0, 1.0),
+            arm("ours/agp/l2", "ours", "fasterai", 0.985, 0.75, 0.6),
+            arm("fasterai", "fasterai", "fasterai", 0.97, 0.75, 0.9)]
+    machine = {"cpu": "CPU", "cpu_count": 2, "threads": 1, "torch": "t", "lightning": "l", "torch_pruning": "tp",
+               "cuda": None, "date": "2026-01-01 00:00 UTC"}
+    config = {"seeds": [0, 1], "epochs": 3, "optimizer": "adamw", "lr": 0.003, "batch_size": 64, "prune_start": 0,
+              "prune_end": 1, "schedules": ["agp"], "criteria": ["l2"], "tp_steps": 3}
+    return {"benchmark": "frontier", "config_name": "fake/net", "protocol": "cpu-fake", "machine": machine,
+            "config": config, "levels": {"2x": 0.5, "fasterai": 0.75},
+            "fasterai": {"fasterai": "0.4.1", "fastai": "2.8"}, "errors": ["fasterai: FAKE-ERROR"], "arms": arms}
+
+
+def test_frontier_leaders_pick_per_level_by_accuracy_and_by_latency():
+    _, _, upd = frontier_modules()
+    arms = fake_frontier()["arms"]
+    lead = upd.frontier_leaders(arms, "2x")
+    assert lead["accuracy"]["arm"] == "fasterai" and lead["latency"]["arm"] == "fasterai"
+    lead = upd.frontier_leaders(arms, "fasterai")
+    assert lead["accuracy"]["arm"] == "ours/agp/l2" and lead["latency"]["arm"] == "ours/agp/l2"
+    assert upd.frontier_leaders(arms, "3x") == {"accuracy": None, "latency": None, "latency_usable": None}
+    arms[2]["latency_ratio_b32"] = None  # untimed arms never lead in latency
+    assert upd.frontier_leaders(arms, "2x")["latency"]["arm"] == "torch_pruning/once"
+    arms[0]["acc_mean"], arms[3]["acc_mean"] = 0.975, 0.10  # a collapsed arm leads in latency
+    lead = upd.frontier_leaders(arms, "2x")
+    assert lead["latency"]["arm"] == "torch_pruning/once" and lead["latency_usable"]["arm"] == "ours/agp/l2"
+
+
+def test_frontier_section_is_generated_from_the_json(tmp_path):
+    _, _, upd = frontier_modules()
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "frontier_fake.json").write_text(json.dumps(fake_frontier()))
+    (results / "frontier_fake.partial.json").write_text("{not json")  # a cut-short run is skipped
+    doc = tmp_path / "bench.md"
+    doc.write_text(f"x\n{upd.START}\n{upd.END}\n")
+    text = upd.main(["--results", str(results), "--out", str(doc)])
+    assert "### Frontier: fake/net (cpu-fake)" in text and "fasterai 0.4.1" in text and "FAKE-ERROR" in text
+    assert "**2x fewer MACs** (MACs target 0.500)" in text and "fasterai's own point" in text
+    assert "| fasterai | 98.00 ± 0.00 | -1.00 | 0.490 |" in text
+    assert "- 2x fewer MACs: accuracy led by `fasterai` (98.00%), batch-32 latency by `fasterai` (0.700" in text
+    assert "accuracy led by `ours/agp/l2` (98.50%)" in text
+    assert "within 1 point of dense" not in text  # every latency leader here is within it
+
+
+def test_frontier_arms_are_summarized_and_matched(tmp_path):
+    _, fr, _ = frontier_modules()
+    runs = [{"seed": s, "acc": a, "macs_ratio": m, "params_ratio": 0.4, "fit_s": 2.0, "prune_s": 0.1,
+             "epochs_trained": 6, "latency_ratio_b1": 0.9 if s == 0 else None,
+             "latency_ratio_b32": 0.8 if s == 0 else None} for s, a, m in ((0, 0.9, 0.5), (1, 0.8, 0.48))]
+    arm = fr.summarize("torch_pruning/once", "torch_pruning", "2x", runs, {"steps": 1})
+    assert arm["acc_mean"] == pytest.approx(0.85) and arm["acc_std"] == pytest.approx(0.0707, abs=1e-4)
+    assert arm["macs_ratio"] == pytest.approx(0.49) and arm["latency_ratio_b32"] == 0.8  # seed 0's timing
+    assert arm["epochs_trained"] == 6 and arm["steps"] == 1 and arm["seeds"] == [0, 1]
+    args = fr.parse_args(["--config", "cifar10", "--full", "--model", "resnet56", "--out", str(tmp_path / "f.json")])
+    assert (args.epochs, args.optimizer, args.lr, args.train_per_class) == (200, "sgd", 0.1, None)
+    assert args.config_name == "cifar10/resnet56/full" and args.protocol == "full"
+    args = fr.parse_args(["--config", "digits32", "--epochs", "3"])
+    assert args.epochs == 3 and args.model == "resnet18" and set(args.levels) == {"2x", "3x"}
+
+
+def test_frontier_cifar_resnets():
+    sys.path.insert(0, str(SCRIPTS))
+    import frontier_pieces as pieces
+
+    net = pieces.make_model("resnet20")
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 19 + 2  # 19 3x3 convs, 2 shortcuts
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError):
+        pieces.make_model("vgg")
+
+
+def test_frontier_cifar_loader_reads_a_tiny_archive(tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    import tarfile
+
+    import frontier_pieces as pieces
+    from PIL import Image
+
+    root = tmp_path / "cifar"
+    for split, n in (("train", 3), ("test", 2)):
+        for c, cls in enumerate(("airplane", "cat")):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (32, 32), (40 * c, 10 * i, 0)).save(folder / f"{i:04d}.jpg")
+    archive = tmp_path / "c.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname=".")
+    data = pieces.cifar10(archive, train_per_class=2, val_per_class=None)
+    assert data["train_x"].shape == (4, 3, 32, 32) and data["val_x"].shape == (4, 3, 32, 32)
+    assert data["train_y"].tolist() == [0, 0, 1, 1] and data["val_y"].tolist() == [0, 0, 1, 1]
+
+
+def test_frontier_smoke_runs_every_arm_but_fasterai(tmp_path):
+    result = run_smoke("bench_frontier.py", tmp_path / "frontier.json")
+    check_machine(result)
+    arms = {(a["arm"], a["level"]) for a in result["arms"]}
+    assert arms == {("dense", None), ("ours/agp/l2", "2x"), ("torch_pruning/once", "2x"),
+                    ("torch_pruning/iterative", "2x"), ("modelpruning/ln_structured", "2x"),
+                    ("modelpruning/l1_unstructured", "2x")}
+    for arm in result["arms"]:
+        assert len(arm["acc"]) == 2 and arm["latency_ratio_b1"] > 0 and arm["latency_ratio_b32"] > 0
+        if arm["system"] in ("ours", "torch_pruning"):
+            assert 0 < arm["macs_ratio"] < 1 and arm["prune_s"] > 0
+        else:
+            assert arm["macs_ratio"] == pytest.approx(1.0)
+    assert result["fasterai"] is None and result["leaders"]["2x"]["accuracy"] is not None
+    assert result["plot"] == "frontier.png" and (tmp_path / "frontier.png").is_file()
+    assert next(a for a in result["arms"] if a["arm"] == "torch_pruning/once")["epochs_trained"] == 4

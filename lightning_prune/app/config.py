@@ -18,7 +18,7 @@ ValueError: ratio=1.5 is invalid; it must lie in [0, 1)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -26,7 +26,10 @@ from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ..callback import PruningCallback
-from ..engine.spec import PruningSpec, app_fields
+from ..engine.spec import PruningSpec, SparsifySpec, app_fields
+from ..sparsify import SparsifyCallback
+
+MODES = ("prune", "sparsify")
 
 
 @dataclass
@@ -47,25 +50,40 @@ class CriterionConfig:
     seed: int = 0
 
 
+def _spec_fields(spec: type) -> list[tuple[str, Any, Any]]:
+    """The dataclass fields of ``spec``'s app keys, with their defaults."""
+    return [
+        (name, kind,
+         field(default_factory=lambda d=default: list(d)) if isinstance(default, list) else field(default=default))
+        for name, (kind, default) in app_fields(spec).items()
+    ]
+
+
+SparsifyConfig = make_dataclass(
+    "SparsifyConfig", [*_spec_fields(SparsifySpec), ("compact", bool, field(default=False))]
+)
+SparsifyConfig.__doc__ = """The ``sparsify`` node (``mode=sparsify``): every SparsifyCallback key from its spec,
+:class:`~lightning_prune.engine.spec.SparsifySpec`, and ``compact`` (remove the zeroed channels after fit)."""
+
+
 def _app_config_fields() -> list[tuple[str, Any, Any]]:
     """The app's own keys, then every :class:`~lightning_prune.engine.spec.PruningSpec` field the app exposes."""
     own: list[tuple[str, Any, Any]] = [
+        ("mode", str, field(default="prune")),
         ("seed", int, field(default=0)),
         ("epochs", int, field(default=10)),
         ("ckpt_path", str | None, field(default=None)),
         ("label_smoothing", float, field(default=0.0)),
         ("latency_repeats", int, field(default=20)),
+        ("overwrite", bool, field(default=False)),
     ]
-    spec = [
-        (name, kind,
-         field(default_factory=lambda d=default: list(d)) if isinstance(default, list) else field(default=default))
-        for name, (kind, default) in app_fields().items()
-    ]
+    spec = _spec_fields(PruningSpec)
     groups: list[tuple[str, Any, Any]] = [
         ("model", Any, field(default=MISSING)),
         ("data", Any, field(default=MISSING)),
         ("schedule", ScheduleConfig, field(default_factory=ScheduleConfig)),
         ("criterion", CriterionConfig, field(default_factory=CriterionConfig)),
+        ("sparsify", SparsifyConfig, field(default_factory=SparsifyConfig)),
         ("trainer", Any, field(default=MISSING)),
         ("optimizer", Any, field(default=MISSING)),
         ("lr_scheduler", Any, field(default=MISSING)),
@@ -90,22 +108,38 @@ def pruning_spec(cfg: Any) -> PruningSpec:
     return PruningSpec(schedule=cfg.schedule.schedule, criterion=cfg.criterion.criterion, **values)
 
 
-def validate_values(cfg: Any) -> PruningSpec:
-    """Range checks Hydra cannot express: the app's own, then the callback's spec; returns the spec."""
+def sparsify_spec(cfg: Any) -> SparsifySpec:
+    """The SparsifyCallback's spec from a (typed) app config: the ``sparsify`` node and the schedule group."""
+    values = {name: getattr(cfg.sparsify, name) for name in app_fields(SparsifySpec)}
+    return SparsifySpec(schedule=cfg.schedule.schedule, **values)
+
+
+def _check_epochs(node: Any, epochs: int, prefix: str = "") -> None:
+    start, end = node.start_epoch, node.end_epoch
+    _check(0 <= start < epochs, f"{prefix}start_epoch", start, f"lie in [0, {epochs - 1}]")
+    allowed = f"be null or lie in [{start}, {epochs - 1}]"
+    _check(end is None or start <= end < epochs, f"{prefix}end_epoch", end, allowed)
+
+
+def validate_values(cfg: Any) -> PruningSpec | SparsifySpec:
+    """Range checks Hydra cannot express: the app's own, then the spec of the mode's callback; returns it."""
+    _check(cfg.mode in MODES, "mode", cfg.mode, f"be one of {list(MODES)}")
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "be >= 1")
-    _check(0 <= cfg.start_epoch < cfg.epochs, "start_epoch", cfg.start_epoch, f"lie in [0, {cfg.epochs - 1}]")
-    _check(
-        cfg.end_epoch is None or cfg.start_epoch <= cfg.end_epoch < cfg.epochs,
-        "end_epoch",
-        cfg.end_epoch,
-        f"be null or lie in [{cfg.start_epoch}, {cfg.epochs - 1}]",
-    )
     _check(cfg.latency_repeats >= 1, "latency_repeats", cfg.latency_repeats, "be >= 1")
+    if cfg.mode == "sparsify":
+        _check_epochs(cfg.sparsify, cfg.epochs, "sparsify.")
+        return sparsify_spec(cfg)
+    _check_epochs(cfg, cfg.epochs)
     return pruning_spec(cfg)
 
 
-def validate(cfg: DictConfig) -> PruningSpec:
-    """Check a composed app config against :data:`TrainConfig` and its value ranges; returns the callback's spec."""
+def validate(cfg: DictConfig) -> PruningSpec | SparsifySpec:
+    """Check a composed app config against :data:`TrainConfig` and its value ranges; returns the spec of the
+    mode's callback."""
+    known = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:  # e.g. a mistyped `+ignored_layer=[...]`: Hydra accepts any key added with +
+        raise ValueError(f"unknown top-level key(s) {unknown}; the keys are {known}")
     schema = OmegaConf.structured(TrainConfig)
     typed = OmegaConf.to_object(OmegaConf.merge(schema, cfg))
     return validate_values(typed)
@@ -120,6 +154,20 @@ def build_callback(cfg: DictConfig) -> PruningCallback:
     if values["ratio_overrides"] is not None:
         values["ratio_overrides"] = OmegaConf.to_container(values["ratio_overrides"])
     return PruningCallback(schedule=instantiate(cfg.schedule), criterion=instantiate(cfg.criterion), **values)
+
+
+def build_sparsify_callback(cfg: DictConfig) -> SparsifyCallback:
+    """The app's :class:`~lightning_prune.SparsifyCallback` (``mode=sparsify``): every key of the ``sparsify``
+    node but ``compact``, the schedule from its config group."""
+    validate(cfg)
+    values = {name: cfg.sparsify[name] for name in app_fields(SparsifySpec)}
+    values["ignored_layers"] = list(values["ignored_layers"] or [])
+    return SparsifyCallback(schedule=instantiate(cfg.schedule), **values)
+
+
+def build_mode_callback(cfg: DictConfig) -> PruningCallback | SparsifyCallback:
+    """The callback of the configured ``mode``."""
+    return build_sparsify_callback(cfg) if cfg.mode == "sparsify" else build_callback(cfg)
 
 
 def ddp_strategy_for(mode: object) -> str:
@@ -141,5 +189,6 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("lp_ddp_strategy", ddp_strategy_for)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    store.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
-    store.store(group="criterion", name="criterion_schema", node=CriterionConfig)
+    # schemas live in their own group, so that Hydra's lists of schedule and criterion choices hold only options
+    store.store(group="lp_schema", name="schedule", node=ScheduleConfig)
+    store.store(group="lp_schema", name="criterion", node=CriterionConfig)

@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.datasets import CIFAR10, ImageFolder, OxfordIIITPet
 from torchvision.transforms import v2
 
+from .sampling import EpochShuffle
+
 __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
@@ -277,12 +279,12 @@ def _loader(
 ) -> DataLoader:
     if dataset is None:
         raise RuntimeError("call setup() before asking for a dataloader")
-    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    sampler = None if shuffle_seed is None else EpochShuffle(dataset, shuffle_seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle_seed is not None,
-        generator=generator,
+        sampler=sampler,
+        generator=None if sampler is None else sampler.generator,  # epoch-seeded worker seeds too
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )

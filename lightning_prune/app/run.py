@@ -7,6 +7,9 @@ prunes, and writes the run's outputs into Hydra's run directory (the working dir
 - ``summary.json``: dense and pruned params and MACs, CPU latency, final val accuracy, seconds per epoch, the
   config;
 - ``layer_report.txt``: the per-layer table;
+- with ``mode=sparsify`` (``SparsifyCallback`` instead of ``PruningCallback``, keys under ``sparsify.``): also
+  ``sparsity_report.txt`` and the sparsity in ``summary.json``; ``sparsify.compact=true`` removes the zeroed
+  channels (:func:`lightning_prune.compact`) before the model is saved;
 - ``checkpoints/last.ckpt`` and the best checkpoint by ``val/acc``; ``logs/``: the CSV logger's metrics.
 """
 
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +37,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..callback import PruningCallback
-from ..checkpoint import restore_pruned
+from ..checkpoint import check_torch_file, restore_pruned
 from ..distributed import check_strategy_supported
+from ..engine.compact import compact
 from ..engine.latency import compare_latency, measure_latency
 from ..engine.report import count_macs_params, layer_report, render_layer_report
+from ..engine.sparsity import render_sparsity_report
 from ..lightning_compat import spawns_ranks
-from .config import build_callback, validate
-from .export import load_model, save_json, save_model
+from ..sparsify import SparsifyCallback
+from .config import build_mode_callback, validate
+from .export import export_onnx, load_model, save_json, save_model
 from .models import load_weights
 from .module import ClassifierModule
+from .sampling import EpochSeeding
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +107,29 @@ def build_module(cfg: DictConfig, network: nn.Module, num_classes: int) -> Class
 
 
 def _check_ckpt_path(ckpt_path: str | None) -> None:
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
+    if ckpt_path is None:
+        return
+    if not Path(ckpt_path).is_file():
         raise ValueError(f"ckpt_path={ckpt_path!r} is not a file; give the path of a Lightning checkpoint (.ckpt)")
+    check_torch_file(ckpt_path, "ckpt_path")
+
+
+OUTPUTS = ("pruned_model.pt", "summary.json", "layer_report.txt", "sparsity_report.txt", "checkpoints")
+
+
+def check_output_dir(out: Path, overwrite: bool, ckpt_path: str | None) -> None:
+    """Refuse to write over an earlier run's outputs in ``out``, unless ``overwrite=true`` or the run resumes
+    from a checkpoint of that same directory."""
+    found = [name for name in OUTPUTS if (out / name).exists()]
+    resuming_here = ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(out.resolve())
+    if found and not overwrite and not resuming_here:
+        raise ValueError(
+            f"{out} already holds the outputs of an earlier run ({', '.join(found)}); choose another "
+            "hydra.run.dir, or pass overwrite=true to replace them"
+        )
+    if found and overwrite and not resuming_here:  # replaced as asked: no old checkpoint mixes with the new
+        for name in found:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
 
 
 def _val_accuracy(trainer: pl.Trainer) -> float:
@@ -154,14 +184,16 @@ class RunResult:
 
     val_acc: float
     module: ClassifierModule
-    callback: PruningCallback
+    callback: PruningCallback | SparsifyCallback
     summary: dict[str, Any] | None  # None on ranks other than zero
 
 
-def run_training(cfg: DictConfig, out: Path) -> RunResult:
-    """Train and prune as configured, writing the run's outputs into ``out``."""
+def run_training(cfg: DictConfig, out: Path, callbacks: list[pl.Callback] | None = None) -> RunResult:
+    """Train and prune as configured, writing the run's outputs into ``out``; ``callbacks`` are added to the
+    trainer's."""
     validate(cfg)
     _check_ckpt_path(cfg.ckpt_path)
+    check_output_dir(out, cfg.overwrite, cfg.ckpt_path)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     input_shape = tuple(datamodule.input_shape)
@@ -171,30 +203,44 @@ def run_training(cfg: DictConfig, out: Path) -> RunResult:
     strategy = cfg.trainer.get("strategy")
     if isinstance(strategy, str):
         check_strategy_supported(strategy)  # before anything is built
-    pruning = build_callback(cfg)
-    checkpoints = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="best-{epoch}", monitor="val/acc", mode="max", save_last=True
+    pruning = build_mode_callback(cfg)
+    # both saved at the end of each training epoch, after that epoch's prune. Lightning's save_last writes only
+    # when a top-k checkpoint is written, so last.ckpt comes from its own checkpoint: always the last epoch.
+    best = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="best-{epoch}", monitor="val/acc", mode="max",
+        save_on_train_epoch_end=True,
+    )
+    last = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="last", save_on_train_epoch_end=True, enable_version_counter=False
     )
     timer = EpochTimer()
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=[pruning, checkpoints, timer], logger=CSVLogger(out, name="logs"), default_root_dir=out
+        cfg.trainer,
+        callbacks=[EpochSeeding(cfg.seed), pruning, best, last, timer, *(callbacks or [])],
+        logger=CSVLogger(out, name="logs"),
+        default_root_dir=out,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    val_acc = _val_accuracy(trainer)
     if spawns_ranks(trainer):
         # spawned ranks trained copies: take the pruned model from rank 0's last checkpoint
-        restore_pruned(module, checkpoints.last_model_path or out / "checkpoints" / "last.ckpt")
+        restore_pruned(module, out / "checkpoints" / "last.ckpt")
+    # the accuracy of the model that is saved: validated after the last prune
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    val_acc = _val_accuracy(trainer)
     summary = None
     if trainer.is_global_zero:
-        save_model(module.model, out / "pruned_model.pt")
         example = torch.zeros(1, *input_shape)
+        sparsity = _sparsify_outputs(cfg, pruning, module, example, out)
+        save_model(module.model, out / "pruned_model.pt")
         rows = layer_report(module.model, example, baseline=layer_report(dense, example))
         (out / "layer_report.txt").write_text(render_layer_report(rows) + "\n")
         summary = summarize(cfg, dense, module.model, input_shape, datamodule.batch_size, val_acc)
+        if sparsity is not None:
+            summary["sparsity"] = sparsity
         summary["epoch_seconds"] = [round(seconds, 2) for seconds in timer.seconds]
         save_json(summary, out / "summary.json")
-        print(
-            f"final val accuracy: {val_acc:.4f}\n"
+        log.info(
+            f"final val accuracy (of the saved model): {val_acc:.4f}\n"
             f"params: {summary['params']['dense']:,} -> {summary['params']['pruned']:,} "
             f"({summary['params']['ratio']:.1%})\n"
             f"MACs:   {summary['macs']['dense']:,} -> {summary['macs']['pruned']:,} ({summary['macs']['ratio']:.1%})\n"
@@ -202,6 +248,21 @@ def run_training(cfg: DictConfig, out: Path) -> RunResult:
             f"pruned model saved to {out / 'pruned_model.pt'}"
         )
     return RunResult(val_acc, module, pruning, summary)
+
+
+def _sparsify_outputs(
+    cfg: DictConfig, callback: PruningCallback | SparsifyCallback, module: ClassifierModule, example: torch.Tensor,
+    out: Path,
+) -> dict[str, Any] | None:
+    """``mode=sparsify``: write ``sparsity_report.txt``, compact if asked; returns the summary's ``sparsity``."""
+    if not isinstance(callback, SparsifyCallback):
+        return None
+    rows = callback.report
+    (out / "sparsity_report.txt").write_text(render_sparsity_report(rows) + "\n")
+    if cfg.sparsify.compact:
+        compact(module.model, example)
+    return {"granularity": callback.spec.granularity, "target": callback.spec.sparsity,
+            "reached": rows[-1].sparsity if rows else 0.0, "compacted": bool(cfg.sparsify.compact)}
 
 
 def train(cfg: DictConfig) -> float:
@@ -221,6 +282,23 @@ def train(cfg: DictConfig) -> float:
         return math.nan
 
 
+def check_model_fits_data(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, name: str) -> None:
+    """Raise a ValueError unless ``model`` takes the data's inputs and has one output per class."""
+    try:
+        with torch.inference_mode():
+            output = model(torch.zeros(1, *input_shape))
+    except Exception as err:  # noqa: BLE001 - any failure here means the model and the data do not match
+        raise ValueError(
+            f"{name} does not take this data's inputs of shape {list(input_shape)}: {type(err).__name__}: {err}; "
+            "evaluate it on the data it was trained on"
+        ) from err
+    if output.dim() != 2 or output.shape[1] != num_classes:
+        raise ValueError(
+            f"{name} has {list(output.shape[1:])} outputs, but the data has {num_classes} classes; "
+            "evaluate it on the data it was trained on"
+        )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate a saved whole model on the configured data: accuracy, params, MACs and CPU latency."""
     if not Path(cfg.model_path).is_file():
@@ -229,6 +307,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("test")
     model = load_model(cfg.model_path).eval()
+    check_model_fits_data(model, tuple(datamodule.input_shape), datamodule.num_classes, cfg.model_path)
     correct = total = 0
     with torch.inference_mode():
         for x, y in datamodule.test_dataloader():
@@ -240,4 +319,35 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     result = {"accuracy": correct / total, "params": params, "macs": macs, "cpu_latency_ms_batch_1": latency * 1e3}
     for key, value in result.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value:,}")
+    return result
+
+
+EXPORT_FORMATS = ("onnx",)
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export a saved whole model (``format=onnx``), verify it, and add its latency to the run's summary.json."""
+    if cfg.format not in EXPORT_FORMATS:
+        raise ValueError(f"format={cfg.format!r} is unknown; choose one of {list(EXPORT_FORMATS)}")
+    model_path = Path(cfg.model_path)
+    if not model_path.is_file():
+        raise ValueError(f"model_path={cfg.model_path!r} is not a file; give a pruned_model.pt written by train.py")
+    summary_path = model_path.with_name("summary.json")
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if cfg.input_shape is not None:
+        input_shape = tuple(cfg.input_shape)
+    elif summary is not None and "input_shape" in summary:
+        input_shape = tuple(summary["input_shape"])
+    else:
+        raise ValueError(f"no summary.json beside {model_path} gives the input shape; pass input_shape=[C,H,W]")
+    model = load_model(model_path)
+    result = export_onnx(model, input_shape, model_path.with_suffix(".onnx"), repeats=cfg.latency_repeats)
+    if summary is not None:
+        summary["onnx"] = result
+        save_json(summary, summary_path)
+    log.info(
+        f"ONNX model written to {result['path']} (max |diff| against PyTorch {result['max_abs_diff']:.2g}); "
+        f"batch-1 CPU latency: onnxruntime {result['onnxruntime_ms_batch_1']:.2f} ms, "
+        f"PyTorch {result['pytorch_ms_batch_1']:.2f} ms"
+    )
     return result

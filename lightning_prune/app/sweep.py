@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["job", "overrides", "criterion", "val_acc", "params_ratio", "macs_ratio", "latency_ratio", "error"]
+COLUMNS = [
+    "job", "overrides", "criterion", "setting", "val_acc", "params_ratio", "macs_ratio", "latency_ratio", "error"
+]
 
 
 def job_row(job_dir: Path) -> dict[str, Any]:
@@ -39,8 +41,11 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         return row
     latency = summary["cpu_latency"]
     largest_batch = max(latency, key=lambda k: int(k.split("_")[1]))
+    config = summary["config"]
+    target = config.get("target", "channels")
     row.update(
-        criterion=summary["config"]["criterion"]["criterion"],
+        criterion=config["criterion"]["criterion"],
+        setting=f"ratio={config['ratio']}" if target == "channels" else f"{target} budget={config['budget']}",
         val_acc=summary["val_acc"],
         params_ratio=summary["params"]["ratio"],
         macs_ratio=summary["macs"]["ratio"],
@@ -64,7 +69,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
-    """Val accuracy against MACs ratio, one series per criterion (needs matplotlib: the ``plot`` extra)."""
+    """Save :func:`pareto_figure` to ``path`` (needs matplotlib: the ``plot`` extra)."""
     try:
         import matplotlib
 
@@ -73,19 +78,34 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
     except ImportError:
         log.warning("matplotlib is not installed (pip install 'lightning-prune[plot]'); %s not written", path)
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    done = [r for r in rows if not r["error"]]
-    for criterion in sorted({r["criterion"] for r in done}):
-        points = sorted((r["macs_ratio"], r["val_acc"]) for r in done if r["criterion"] == criterion)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=criterion)
-    ax.set_xlabel("MACs ratio (pruned / dense)")
-    ax.set_ylabel("val accuracy")
-    ax.grid(True, alpha=0.3)
-    if done:
-        ax.legend(title="criterion")
-    fig.tight_layout()
+    fig = pareto_figure(rows, path.parent.name)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def pareto_figure(rows: list[dict[str, Any]], name: str) -> Any:
+    """Val accuracy against MACs ratio, one series per criterion, each point labelled with its setting; the
+    dense MACs (ratio 1) and, when a job pruned nothing, the dense accuracy as reference lines."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    done = [r for r in rows if not r["error"]]
+    for criterion in sorted({r["criterion"] for r in done}):
+        points = sorted((r["macs_ratio"], r["val_acc"], r["setting"]) for r in done if r["criterion"] == criterion)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=criterion)
+        for x, y, setting in points:
+            ax.annotate(setting, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1, label="dense (MACs ratio 1)")
+    dense = [r["val_acc"] for r in done if r["macs_ratio"] >= 1.0 - 1e-9]
+    if dense:  # a job that pruned nothing is the dense reference
+        ax.axhline(max(dense), color="grey", linestyle=":", linewidth=1, label="dense accuracy")
+    ax.set_title(f"{name}: val accuracy against compute ({len(done)} of {len(rows)} jobs)")
+    ax.set_xlabel("MACs ratio (pruned / dense, fraction)")
+    ax.set_ylabel("val accuracy (fraction correct)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="criterion", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 class SweepSummary(Callback):
@@ -96,3 +116,5 @@ class SweepSummary(Callback):
         if sweep_dir.is_dir():
             rows = write_sweep_summary(sweep_dir)
             log.info("sweep summary of %d jobs written to %s", len(rows), sweep_dir / "sweep_summary.csv")
+            if (sweep_dir / "sweep_pareto.png").exists():
+                log.info("sweep plot written to %s", sweep_dir / "sweep_pareto.png")

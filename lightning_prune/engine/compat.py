@@ -1,4 +1,6 @@
-"""Every use of torch-pruning's internals, and every workaround for its behaviour, in one place.
+"""Every use of torch-pruning's internals, and every workaround for its behaviour, in one place (and the
+engine's few uses of ``torch.nn.Module``'s and ``torch.sparse``'s private API, which ``lightning_compat``
+cannot hold: the engine never imports it).
 
 An upgrade of torch-pruning edits this file only; ``tests/engine/test_compat.py`` checks against the
 installed torch-pruning that each trap worked around here still exists (so a fixed trap is noticed).
@@ -14,6 +16,7 @@ Traps of torch-pruning 1.6 handled elsewhere, through the functions here:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,7 +34,8 @@ SHARED_DEFAULT_DICTS = ("in_channel_groups", "out_channel_groups", "num_heads")
 @contextmanager
 def preserved_training_modes(model: nn.Module) -> Iterator[None]:
     """Restore every submodule's train/eval mode on exit: torch-pruning's tracing calls ``model.eval()``
-    and does not restore it.
+    and does not restore it. A module with its own ``train()`` gets it called (it may drop what it cached in
+    eval mode, e.g. timm LeViT's attention-bias cache, a non-leaf tensor that cannot be deep-copied).
 
     >>> net = torch.nn.Sequential(torch.nn.Dropout()); _ = net.train()
     >>> with preserved_training_modes(net):
@@ -43,6 +47,9 @@ def preserved_training_modes(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        for module, training in modes.items():
+            if type(module).train is not nn.Module.train:
+                module.train(training)  # its own train() may clear caches (timm LeViT's attention biases)
         for module, training in modes.items():
             module.training = training
 
@@ -65,13 +72,64 @@ def traceable(model: nn.Module) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
+def tolerant_reshape_mapping() -> None:
+    """Make torch-pruning skip (leave unmapped) a reshape whose channel count it infers as 0 instead of
+    failing with ``ZeroDivisionError`` (torchvision's ShuffleNetV2: the channel shuffle's views, whose layers
+    the safety check leaves unpruned anyway). ``update_index_mapping`` looks the function up by its module
+    global at every call, so it is wrapped there, once."""
+    mapping = tp.dependency.index_mapping
+    original = mapping.update_reshape_index_mapping
+    if getattr(original, "_lightning_prune", False):
+        return
+
+    @functools.wraps(original)
+    def update_reshape_index_mapping(graph: Any, node: Any) -> None:
+        try:
+            original(graph, node)
+        except ZeroDivisionError:
+            return
+
+    update_reshape_index_mapping._lightning_prune = True  # type: ignore[attr-defined]
+    mapping.update_reshape_index_mapping = update_reshape_index_mapping
+
+
 def build_base_pruner(model: nn.Module, example_inputs: object, **kwargs: Any) -> tp.pruner.BasePruner:
     """``BasePruner(model, example_inputs, **kwargs)`` with fresh dicts for its shared mutable defaults
     (:data:`SHARED_DEFAULT_DICTS`, plus ``channel_groups``), traced with frozen layers included."""
+    tolerant_reshape_mapping()
     for key in (*SHARED_DEFAULT_DICTS, "channel_groups"):
         kwargs[key] = dict(kwargs.get(key) or {})
     with traceable(model):
         return tp.pruner.BasePruner(model, example_inputs, **kwargs)
+
+
+def trace_graph(model: nn.Module, example_inputs: object, customized_pruners: Any, unwrapped_parameters: Any) -> Any:
+    """torch-pruning's dependency graph alone (what ``BasePruner`` builds first), traced as it traces."""
+    tolerant_reshape_mapping()
+    with traceable(model):
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, customized_pruners=customized_pruners,
+            unwrapped_parameters=unwrapped_parameters, verbose=False,
+        )  # fmt: skip
+
+
+def failing_roots(graph: tp.DependencyGraph, ignored: Sequence[nn.Module], root_types: tuple) -> list[tuple[Any, str]]:
+    """The root layers whose full group ``get_pruning_group`` cannot build (an index mapping fails), with the
+    error; what ``get_all_groups`` would stop at, one root at a time."""
+    ignored_ids = {id(m) for layer in ignored for m in layer.modules()}
+    failing = []
+    for module in list(graph.module2node):
+        if not isinstance(module, root_types) or id(module) in ignored_ids:
+            continue
+        layer_pruner = graph.get_pruner_of_module(module)
+        if layer_pruner is None or layer_pruner.get_out_channels(module) is None:
+            continue
+        try:
+            graph.get_pruning_group(module, layer_pruner.prune_out_channels,
+                                    list(range(layer_pruner.get_out_channels(module))))  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - any failure names the root
+            failing.append((module, f"{type(err).__name__}: {err}"))
+    return failing
 
 
 # -- re-aiming a BasePruner per step ------------------------------------------------------------------
@@ -94,16 +152,6 @@ def ratio_scopes(base: tp.pruner.BasePruner) -> list[Any]:
 
 def set_importance(base: tp.pruner.BasePruner, importance: Any) -> None:
     base.importance = importance
-
-
-def group_roots(base: tp.pruner.BasePruner) -> list[tuple[nn.Module, bool]]:
-    """``(root module, is output-channel pruning)`` of every prunable group, as BasePruner scopes them."""
-    graph = base.DG
-    roots = []
-    for group in graph.get_all_groups(ignored_layers=base.ignored_layers, root_module_types=base.root_module_types):
-        dep = group[0].dep
-        roots.append((dep.target.module, graph.is_out_channel_pruning_fn(dep.handler)))
-    return roots
 
 
 def initial_channels(base: tp.pruner.BasePruner, module: nn.Module, out: bool) -> int:
@@ -228,3 +276,125 @@ def deepcopy_shared(graph: tp.DependencyGraph) -> tuple[list[object], int]:
     shared: list[object] = [graph.ops, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
     shared += [node.grad_fn for node in graph.module2node.values() if getattr(node, "grad_fn", None) is not None]
     return shared, 1000 + 50 * len(graph.module2node)
+
+
+# -- the graph's operator nodes, for compaction --------------------------------------------------------
+_PASSTHROUGH_OPS = tuple(
+    getattr(tp.ops, name)
+    for name in ("_ElementWiseOp", "_ReshapeOp", "_ConcatOp", "_SplitOp", "_SliceOp", "_UnbindOp", "_ExpandOp")
+    if hasattr(tp.ops, name)
+)
+
+
+def channel_op_kind(module: object) -> str | None:
+    """``"passthrough"`` for torch-pruning's operator nodes that carry a channel along unchanged in index
+    terms (element-wise ops, reshapes, concatenations, splits, slices), ``"output"`` for the model's output
+    node, None for anything else (layers, custom operators)."""
+    if isinstance(module, tp.ops._OutputOp):
+        return "output"
+    if isinstance(module, _PASSTHROUGH_OPS):
+        return "passthrough"
+    return None
+
+
+# -- torch.nn.Module and torch.sparse -----------------------------------------------------------------
+def register_state_dict_post_hook(module: nn.Module, hook: Any) -> Any:
+    """``module.register_state_dict_post_hook`` (public from torch 2.3), else the private
+    ``_register_state_dict_hook`` of older torch; returns the removable handle."""
+    register = getattr(module, "register_state_dict_post_hook", None)
+    return (register or module._register_state_dict_hook)(hook)
+
+
+def semi_structured_constraints() -> tuple[str, dict[torch.dtype, tuple[int, int]]]:
+    """The backend ``torch.sparse.to_sparse_semi_structured`` uses (CUTLASS when ``_FORCE_CUTLASS`` is set, else
+    cuSPARSELt) and its minimum sparse shape ``(rows, columns)`` per dtype (``_DTYPE_SHAPE_CONSTRAINTS``): a
+    weight's dimensions must be multiples of them. torch has no public accessor for either."""
+    from torch.sparse import semi_structured as ss
+
+    cls = ss.SparseSemiStructuredTensorCUTLASS if ss.SparseSemiStructuredTensor._FORCE_CUTLASS else (
+        ss.SparseSemiStructuredTensorCUSPARSELT
+    )
+    table = cls._DTYPE_SHAPE_CONSTRAINTS
+    return cls.BACKEND, {dtype: (c.sparse_min_rows, c.sparse_min_cols) for dtype, c in table.items()}
+
+
+# -- MACs of layers torch-pruning does not know ------------------------------------------------------
+def register_macs_counter(layer_type: type, hook: Any) -> None:
+    """Count ``layer_type`` in ``tp.utils.count_ops_and_params``: its counter treats unknown layers as free
+    and offers no public registration (``op_counter.MODULES_MAPPING``; ``CUSTOM_MODULES_MAPPING`` is reset
+    after every count)."""
+    tp.utils.op_counter.MODULES_MAPPING.setdefault(layer_type, hook)
+
+
+# -- groups crafted by hand ---------------------------------------------------------------------------
+def explicit_group(graph: tp.DependencyGraph, items: Sequence[tuple[Any, bool, Sequence[int], Sequence[int]]]) -> Any:
+    """A torch-pruning ``Group`` of exactly ``items`` ``(layer, is_out, indices, root indices)``, not traced
+    through the graph, for scoring layers that the graph couples wrongly (grouped-query attention)."""
+    from torch_pruning.dependency.dependency import Dependency
+
+    group = tp.dependency.Group()
+    for module, is_out, idxs, roots in items:
+        node = graph.module2node[module]
+        layer_pruner = graph.get_pruner_of_module(module)
+        fn = layer_pruner.prune_out_channels if is_out else layer_pruner.prune_in_channels
+        group.add_dep(Dependency(fn, fn, source=node, target=node), list(idxs))
+        group[len(group) - 1].root_idxs = list(roots)
+    group._DG = graph
+    return group
+
+
+def plain_group(group: Any, replace: Any) -> Any:
+    """A copy of ``group`` with each item's dependency passed through ``replace(dep)`` (root indices kept)."""
+    copy = tp.dependency.Group()
+    for i, (dep, idxs) in enumerate(group):
+        copy.add_dep(replace(dep), idxs)
+        copy[i].root_idxs = group[i].root_idxs
+    copy._DG = group._DG
+    return copy
+
+
+def group_items(graph: tp.DependencyGraph, group: Any) -> list[tuple[Any, bool, list[int]]]:
+    """``(target, is_out, indices)`` of every item of a group (targets: modules, operator nodes, parameters)."""
+    return [(dep.target.module, graph.is_out_channel_pruning_fn(dep.handler), list(idxs)) for dep, idxs in group]
+
+
+def target_channels(graph: tp.DependencyGraph, target: Any, out: bool) -> int | None:
+    """A group target's channel count along the dim torch-pruning prunes (None for operator nodes)."""
+    try:
+        return graph.get_out_channels(target) if out else graph.get_in_channels(target)
+    except Exception:  # noqa: BLE001 - operators without a pruner
+        return None
+
+
+def all_groups(base: tp.pruner.BasePruner) -> Iterator[Any]:
+    """Every group BasePruner ranks (its ignored layers and root types)."""
+    return base.DG.get_all_groups(ignored_layers=base.ignored_layers, root_module_types=base.root_module_types)
+
+
+def append_history(graph: tp.DependencyGraph, records: Sequence[Any]) -> None:
+    """Add records to the graph's pruning history (pruning done outside ``Group.prune``)."""
+    graph._pruning_history.extend(records)
+
+
+# -- bare parameters in the graph's bookkeeping ---------------------------------------------------------
+def parameter_bookkeeping(graph: tp.DependencyGraph) -> tuple[dict, dict, dict]:
+    """What ``Group.prune`` re-keys when it prunes a bare parameter: ``module2node`` and ``_param_to_name``
+    are keyed by the parameter object, and its node's ``module`` is the parameter; pruning puts the NEW
+    parameter in all three. :func:`restore_parameter_bookkeeping` puts the recorded ones back."""
+    nodes = {node: node.module for node in graph.module2node.values() if isinstance(node.module, nn.Parameter)}
+    return dict(graph.module2node), dict(graph._param_to_name), nodes
+
+
+def restore_parameter_bookkeeping(graph: tp.DependencyGraph, saved: tuple[dict, dict, dict]) -> None:
+    module2node, param_to_name, nodes = saved
+    graph.module2node.clear()
+    graph.module2node.update(module2node)
+    graph._param_to_name.clear()
+    graph._param_to_name.update(param_to_name)
+    for node, module in nodes.items():
+        node.module = module
+
+
+def group_graph(group: Any) -> tp.DependencyGraph | None:
+    """The graph a group was made from (``Group._DG``)."""
+    return getattr(group, "_DG", None)

@@ -18,6 +18,9 @@ from collections.abc import Callable
 import torch
 import torch_pruning as tp
 
+from . import compat
+from .hf import is_conv1d, linear_view
+
 Importance = tp.importance.Importance
 
 
@@ -78,3 +81,56 @@ def needs_gradients(importance: Importance) -> bool:
     False
     """
     return isinstance(importance, tp.importance.GroupTaylorImportance | tp.importance.GroupHessianImportance)
+
+
+class _LinearDep:
+    """A group item's dependency with a Conv1D shown as the Linear it is (:func:`.hf.linear_view`)."""
+
+    def __init__(self, dep, is_out: bool) -> None:  # noqa: ANN001 - torch-pruning Dependency
+        self.layer = linear_view(dep.target.module)
+        fn = tp.pruner.function
+        self.pruning_fn = self.handler = self.trigger = (
+            fn.prune_linear_out_channels if is_out else fn.prune_linear_in_channels
+        )
+        self.source, self.target = dep.source, dep.target
+
+
+class GroupScorer(Importance):
+    """The criterion as the pruner calls it: transformers' Conv1D layers are scored as the Linears they are
+    (torch-pruning's criteria only know its own layer types, so a GPT-2 MLP would score as nothing), and
+    the calls that scored nothing (``None``) are counted, so that a criterion scoring no group at all is an
+    error rather than a silent no-op.
+
+    >>> scorer = GroupScorer(get_criterion("l1"))
+    >>> scorer.calls, scorer.nothing
+    (0, 0)
+    """
+
+    def __init__(self, importance: Importance) -> None:
+        self.importance = importance
+        self.calls = 0
+        self.nothing = 0
+
+    def reset(self) -> None:
+        self.calls = self.nothing = 0
+
+    def __call__(self, group, **kwargs):  # noqa: ANN001, ANN204 - torch-pruning Group
+        graph = compat.group_graph(group)
+        if graph is not None and any(isinstance(dep.target.module, torch.nn.Module) and is_conv1d(dep.target.module)
+                                     for dep, _ in group):
+            group = compat.plain_group(
+                group,
+                lambda dep: _LinearDep(dep, graph.is_out_channel_pruning_fn(dep.handler))
+                if isinstance(dep.target.module, torch.nn.Module) and is_conv1d(dep.target.module)
+                else dep,
+            )
+        scores = self.importance(group, **kwargs)
+        self.calls += 1
+        if scores is None:
+            self.nothing += 1
+        return scores
+
+
+def criterion_name(importance: Importance) -> str:
+    """How an error names a criterion: its name in :data:`CRITERIA`, else its class."""
+    return type(importance).__name__

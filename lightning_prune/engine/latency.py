@@ -23,7 +23,7 @@ from torch import nn
 
 from .compat import preserved_training_modes
 from .inputs import output_tensors
-from .pruner import call_model
+from .pruner import call_unpacked
 
 Clock = Callable[[], float]
 
@@ -37,7 +37,7 @@ def _sync(inputs: object) -> None:
 def _timed(model: Callable, inputs: object, clock: Clock = time.perf_counter) -> float:
     _sync(inputs)
     start = clock()
-    call_model(model, inputs)
+    call_unpacked(model, inputs)
     _sync(inputs)
     return clock() - start
 
@@ -64,7 +64,7 @@ def pairwise_latencies(
                 model.eval()
         for _ in range(warmup):
             for model in models:
-                call_model(model, inputs)
+                call_unpacked(model, inputs)
         times: list[list[float]] = [[] for _ in models]
         for _ in range(repeats):
             for i, model in enumerate(models):

@@ -19,6 +19,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .hf import conv1d_width, is_conv1d, no_kv_cache, register_macs
+
 TOTAL = "TOTAL"
 
 
@@ -50,7 +52,9 @@ def count_macs_params(model: nn.Module, example_inputs: object) -> tuple[int, in
     >>> count_macs_params(torch.nn.Linear(4, 2), torch.zeros(1, 4))
     (10, 10)
     """
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    register_macs(model)  # transformers' Conv1D
+    with no_kv_cache(model):
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     return int(macs), int(params)
 
 
@@ -79,6 +83,8 @@ def output_channels(module: nn.Module) -> int | None:
     >>> output_channels(torch.nn.Conv2d(3, 5, 1)), output_channels(torch.nn.ReLU())
     (5, None)
     """
+    if is_conv1d(module):  # transformers' Conv1D
+        return conv1d_width(module)[1]
     for attr in ("out_channels", "out_features", "embed_dim", "hidden_size"):
         value = getattr(module, attr, None)
         if isinstance(value, int):
@@ -94,7 +100,8 @@ def layer_report(
     Layers are the leaf modules with output channels (convolutions, linear layers, attention). With a
     ``baseline`` (the rows of the unpruned model) each row also carries the original values.
     """
-    with torch.no_grad():
+    register_macs(model)
+    with torch.no_grad(), no_kv_cache(model):
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
             model, example_inputs, layer_wise=True
         )
@@ -143,25 +150,40 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], rule_before_last: bool = False) -> str:
+    """Fixed-width text table: ``header``, a rule, ``rows`` (another rule before the last one if asked).
+
+    >>> print(render_table(("a", "bb"), [("1", "2"), ("30", "4")], rule_before_last=True))
+    a   bb
+    --  --
+    1   2
+    --  --
+    30  4
+    """
+    table = [tuple(header), *(tuple(row) for row in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    rule = "  ".join("-" * w for w in widths)
+    lines.insert(1, rule)
+    if rule_before_last and len(rows) > 1:
+        lines.insert(len(lines) - 1, rule)
+    return "\n".join(lines)
+
+
 def render_layer_report(rows: Sequence[LayerRow]) -> str:
     """The rows of :func:`layer_report` as a fixed-width text table.
 
     >>> print(render_layer_report([LayerRow("fc", "Linear", 4, 2, 20, 10, 20, 10)]).splitlines()[2])
     fc     Linear  4 -> 2    10 (50.0%)  10 (50.0%)
     """
-    header = ("layer", "type", "channels", "params", "MACs")
-    table = [header]
-    for r in rows:
-        table.append(
-            (
-                r.layer,
-                r.type,
-                f"{r.original_channels} -> {r.channels}",
-                f"{_human(r.params)} ({100 * r.params_ratio:.1f}%)",
-                f"{_human(r.macs)} ({100 * r.macs_ratio:.1f}%)",
-            )
+    cells = [
+        (
+            r.layer,
+            r.type,
+            f"{r.original_channels} -> {r.channels}",
+            f"{_human(r.params)} ({100 * r.params_ratio:.1f}%)",
+            f"{_human(r.macs)} ({100 * r.macs_ratio:.1f}%)",
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+        for r in rows
+    ]
+    return render_table(("layer", "type", "channels", "params", "MACs"), cells)

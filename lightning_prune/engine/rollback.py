@@ -34,7 +34,7 @@ from . import compat
 from .budget import clone_pruner
 from .compat import preserved_training_modes
 from .inputs import shapes
-from .pruner import ChannelPruner, call_model, replay_history
+from .pruner import ChannelPruner, call_model
 
 
 class PruningStepError(RuntimeError):
@@ -123,6 +123,8 @@ class Snapshot:
     _optimizer_states: list[_OptimizerState] = field(default_factory=list)
     _history: list[Any] = field(default_factory=list)
     _num_heads: dict[nn.Module, int] = field(default_factory=dict)
+    _bare: Any = None  # the graph's bookkeeping of bare parameters (cls_token, pos_embed)
+    _attention: list[tuple[int, int]] = field(default_factory=list)  # heads and dims left per attention block
 
     @classmethod
     def take(cls, pruner: ChannelPruner, optimizers: list[torch.optim.Optimizer] | None = None) -> Snapshot:
@@ -133,6 +135,8 @@ class Snapshot:
         snap._optimizer_states = [_OptimizerState.take(o) for o in snap.optimizers]
         snap._history = list(pruner.graph.pruning_history())
         snap._num_heads = dict(compat.head_counts(pruner._pruner))
+        snap._bare = compat.parameter_bookkeeping(pruner.graph)
+        snap._attention = [(b.kv_left, b.dim_left) for b in pruner.blocks]
         return snap
 
     def restore(self) -> None:
@@ -143,6 +147,9 @@ class Snapshot:
             state.restore(optimizer)
         compat.set_history(self.pruner.graph, self._history)
         compat.set_head_counts(self.pruner._pruner, self._num_heads)
+        compat.restore_parameter_bookkeeping(self.pruner.graph, self._bare)
+        for block, (kv_left, dim_left) in zip(self.pruner.blocks, self._attention, strict=True):
+            block.kv_left, block.dim_left = kv_left, dim_left
 
 
 def failing_record(pruner: ChannelPruner, history: list[list], check: Any) -> list | None:
@@ -153,7 +160,7 @@ def failing_record(pruner: ChannelPruner, history: list[list], check: Any) -> li
     for record in history:
         try:
             with torch.no_grad():
-                replay_history(trial.graph, [record])
+                trial.apply_records([record])
             check(trial.model)
         except Exception:  # noqa: BLE001 - any failure names the record
             return record

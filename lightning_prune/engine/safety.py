@@ -79,6 +79,7 @@ class _ChannelFlow(TorchFunctionMode):
         self.pieces: set[int] = set()  # outputs of chunk/split
         self.found: dict[str, str] = {}
         self.opaque = 0  # > 0 inside a module torch-pruning prunes as a whole (nn.MultiheadAttention)
+        self.channel_dim: dict[int, int | None] = {}  # where a tensor's channels are (None: unknown)
         self._alive: list[torch.Tensor] = []  # keeps ids unique during the pass
 
     def mark(self, tensor: object, names: frozenset[str]) -> None:
@@ -104,25 +105,41 @@ class _ChannelFlow(TorchFunctionMode):
         outputs = [t for t in tree_leaves(out) if torch.is_tensor(t)]
         if name in _SHUFFLES:
             self._flag(names, f"{name} mixes its channels")
-        elif name in ("view", "reshape") and first is not None and outputs:
-            self._check_view(first, outputs[0], _sizes(args, kwargs), names)
+        elif name in ("view", "reshape", "flatten", "view_as", "reshape_as") and first is not None and outputs:
+            self._check_view(first, outputs[0], _sizes(args, kwargs) if name in ("view", "reshape") else [], names)
         elif name in _SWAPS and first is not None and id(first) in self.split_views:
             dims = [d % 5 for d in (args[1:] if name != "permute" else _sizes(args, kwargs)) if isinstance(d, int)]
             if (name == "permute" and dims[1:3] == [2, 1]) or (name != "permute" and sorted(dims) == [1, 2]):
                 self._flag(names, "channel shuffle (a grouped view transposed) interleaves its channels")
         elif name in ("__getitem__", "narrow") and first is not None and first.dim() == 4:
-            if _selects_channels(name, args):
+            if _selects_channels(name, args, self.channel_dim.get(id(first), 1)):
                 self._flag(names, "indexing/slicing fixed channel positions")
         elif name in _SPLITS:
             self.pieces.update(id(t) for t in outputs)
+            c = self.channel_dim.get(id(first)) if first is not None else None
+            if c is not None and len(outputs) > 1 and _split_dim(args, kwargs) % first.dim() == c % first.dim():
+                if any(t.shape[c] == 1 for t in outputs) and any(t.shape[c] > 1 for t in outputs):
+                    self._flag(names, "a split keeps one channel apart to broadcast over the others (torch-pruning "
+                                      "couples that channel with theirs)")  # fmt: skip
         elif name in ("cat", "concat", "concatenate") and any(id(t) in self.pieces for t in inputs):
             chunked = frozenset().union(*(self.sources.get(id(t), frozenset()) for t in inputs if id(t) in self.pieces))
             self._flag(chunked, "chunk/split feeding torch.cat (torch-pruning mis-maps its channel indices)")
         for tensor in outputs:
             self.mark(tensor, names)
+        if first is not None and id(first) in self.channel_dim:
+            moved = _moved_channel_dim(name, first, outputs[0] if outputs else None, args, kwargs,
+                                       self.channel_dim[id(first)])  # fmt: skip
+            for tensor in outputs:
+                self.channel_dim[id(tensor)] = moved
         return out
 
     def _check_view(self, x: torch.Tensor, y: torch.Tensor, sizes: list[Any], names: frozenset[str]) -> None:
+        c = self.channel_dim.get(id(x))
+        if c is not None and c % x.dim() == x.dim() - 1 and y.dim() < x.dim() and y.shape[-1] > x.shape[-1]:
+            if y.shape[-1] % x.shape[-1] == 0:  # (..., 2, 2, C) -> (..., 4C): channels innermost (Swin)
+                self._flag(names, "a reshape merges other dims into its channels with the channels innermost "
+                                  "(torch-pruning maps them as if outermost)")  # fmt: skip
+                return
         if x.dim() == 4 and y.dim() == 5 and y.shape[0] == x.shape[0] and y.shape[3:] == x.shape[2:]:
             if y.shape[1] * y.shape[2] == x.shape[1] and min(y.shape[1], y.shape[2]) > 1:
                 self.split_views.add(id(y))
@@ -134,14 +151,51 @@ class _ChannelFlow(TorchFunctionMode):
                 self._flag(names, f"view/reshape to a fixed size of {sizes[1]} over its channels")
 
 
-def _selects_channels(name: str, args: Sequence[Any]) -> bool:
-    """Whether ``x[...]``/``x.narrow(...)`` on a channel-first 4-D tensor picks some of its channels."""
+def _selects_channels(name: str, args: Sequence[Any], channel_dim: int | None = 1) -> bool:
+    """Whether ``x[...]``/``x.narrow(...)`` on a 4-D tensor picks some of its channels, which lie along
+    ``channel_dim`` (1 for a conv's output, the last dim for a Linear's, e.g. a channels-last ``(n, h, w, c)``
+    view; None when unknown: taken as channel-first)."""
+    first = args[0]
+    c = 1 if channel_dim is None else channel_dim % first.dim()
     if name == "narrow":
-        return len(args) > 1 and args[1] in (1, -3)
+        return len(args) > 1 and isinstance(args[1], int) and args[1] % first.dim() == c
     index = args[1] if len(args) > 1 else None
-    if not isinstance(index, tuple) or len(index) < 2 or index[0] is Ellipsis:
+    if not isinstance(index, tuple):
+        index = (index,)
+    if Ellipsis in index:  # expand ``...`` to full slices
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (first.dim() - len(index) + 1) + index[at + 1 :]
+    if len(index) <= c or any(i is None for i in index):
         return False
-    return not (isinstance(index[1], slice) and index[1] == slice(None))
+    entry = index[c]
+    return not (isinstance(entry, slice) and entry == slice(None))
+
+
+def _split_dim(args: Sequence[Any], kwargs: dict) -> int:
+    dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+    return int(dim) if isinstance(dim, int) else 0
+
+
+def _moved_channel_dim(
+    name: str, x: torch.Tensor, y: torch.Tensor | None, args: Sequence[Any], kwargs: dict, c: int | None
+) -> int | None:
+    """Where ``x``'s channels (along ``c``) lie in the output ``y`` of operation ``name``; None when unknown."""
+    if c is None or y is None:
+        return None
+    c %= x.dim()
+    if name == "permute":
+        dims = [d % x.dim() for d in _sizes(args, kwargs)]
+        return dims.index(c) if c in dims else None
+    if name in ("transpose", "swapaxes", "swapdims"):
+        a, b = (int(d) % x.dim() for d in args[1:3])
+        return b if c == a else a if c == b else c
+    if name in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"):
+        if c == x.dim() - 1 and y.shape[-1] == x.shape[-1]:
+            return y.dim() - 1
+        if c < y.dim() and tuple(y.shape[: c + 1]) == tuple(x.shape[: c + 1]):
+            return c
+        return None
+    return c if y.dim() == x.dim() and y.shape[c] == x.shape[c] else None
 
 
 def find_unsafe_ops(
@@ -167,6 +221,8 @@ def find_unsafe_ops(
     def produce(module: nn.Module, _inputs: object, outputs: object) -> None:
         for tensor in tree_leaves(outputs):
             flow.mark(tensor, frozenset([names[module]]))
+            if torch.is_tensor(tensor):  # a conv's channels are dim 1, a Linear's (and Conv1D's) the last
+                flow.channel_dim[id(tensor)] = 1 if isinstance(module, nn.modules.conv._ConvNd) else tensor.dim() - 1
 
     hooks = []
     for module in model.modules():

@@ -25,14 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import attention_kwargs
 from .budget import BudgetSearch, BudgetTracker, intermediate_budget, resolve_ratio_overrides
 from .criteria import SeededRandomImportance, needs_gradients
+from .hf import conv1d_types
 from .inputs import shapes, to_device, untraceable_error
 from .pruner import (
     PRUNABLE_TYPES,
     ChannelPruner,
+    LeftOut,
+    NothingToPruneError,
     PruneStep,
+    TracingError,
     call_model,
     find_output_layers,
     match_layer_patterns,
@@ -83,6 +86,7 @@ class ScheduledPruning:
             raise untraceable_error(model, example_inputs, err) from err
         ignored = {name for names in matched.values() for name in names} | set(self.output_layers)
         custom = tuple(k for k in (spec.pruner_kwargs.get("customized_pruners") or {}) if isinstance(k, type))
+        custom += tuple(conv1d_types(model))
         self.unsafe: list[UnsafeOp] = unsafe_layers_to_ignore(
             model, example_inputs, spec.on_unsafe, PRUNABLE_TYPES + custom, sorted(ignored)
         )
@@ -90,7 +94,7 @@ class ScheduledPruning:
         self.n_kept = len(ignored)
         overrides = resolve_ratio_overrides(model, spec.ratio_overrides, never_pruned=ignored)
         self.override_layers = {model.get_submodule(n): ratio for names, ratio in overrides.values() for n in names}
-        kwargs = attention_kwargs(model, dict(spec.pruner_kwargs))  # attention heads pruned consistently
+        kwargs = dict(spec.pruner_kwargs)
         if overrides:  # one torch-pruning scope per pattern
             kwargs["pruning_ratio_dict"] = {
                 **(kwargs.get("pruning_ratio_dict") or {}),
@@ -108,8 +112,11 @@ class ScheduledPruning:
                 seed=seed,
                 **kwargs,
             )
-        except Exception as err:
+        except TracingError as err:
             raise untraceable_error(model, example_inputs, err) from err
+        self.left_out: list[LeftOut] = self.pruner.left_out  # mis-grouped by torch-pruning: left unpruned
+        if spec.prunes_anything and self.pruner.prunable_channels == 0:
+            raise NothingToPruneError(nothing_prunable(model, self.output_layers, ignored, self.left_out))
         self.baseline: list[LayerRow] = layer_report(model, example_inputs)
 
     # -- inputs and budget --------------------------------------------------------------------------
@@ -237,6 +244,8 @@ class ScheduledPruning:
             snapshot.restore()
             if history:
                 after_change()
+            if isinstance(err, NothingToPruneError):
+                raise
             check = forward_check(self.inputs, self.output_shapes)
             raise step_error(pruner, history, err, where or f"ratio {target:.1%}", check) from err
 
@@ -288,6 +297,37 @@ class ScheduledPruning:
         self.events = [dict(e) for e in state.get("events", [])]
         if state.get("random_state") is not None and isinstance(self.pruner.importance, SeededRandomImportance):
             self.pruner.importance.generator.set_state(state["random_state"])
+
+
+def describe_left_out(left_out: Sequence[LeftOut]) -> str:
+    """The layers left out, grouped by reason: ``"a, b (reason); c (reason)"``.
+
+    >>> describe_left_out([LeftOut("a", "why"), LeftOut("b", "why")])
+    'a, b (why)'
+    """
+    by_reason: dict[str, list[str]] = {}
+    for item in left_out:
+        by_reason.setdefault(item.reason, []).append(item.name)
+    return "; ".join(f"{', '.join(names)} ({reason})" for reason, names in by_reason.items())
+
+
+def nothing_prunable(
+    model: nn.Module, output_layers: Sequence[str], kept: set[str], left_out: Sequence[LeftOut]
+) -> str:
+    """Why a model has no prunable channels, for the error at set-up."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    if not layers:
+        cause = (
+            "it has no Linear or convolution layer (register custom layers with "
+            "pruner_kwargs={'customized_pruners': ...})"
+        )
+    else:
+        cause = (
+            f"each of its {len(layers)} Linear/convolution layers is an output layer ({list(output_layers)}), "
+            f"ignored or unsafe ({sorted(kept - set(output_layers))[:8]}), or left out "
+            f"({[o.name for o in left_out][:8]}), or feeds only those"
+        )
+    return f"{type(model).__name__} has 0 prunable channels: {cause}"
 
 
 def describe_event(event: dict[str, Any], target: str) -> str:

@@ -1,8 +1,10 @@
-"""The one specification of :class:`~lightning_prune.PruningCallback`'s parameters.
+"""The one specification of each callback's parameters: :class:`PruningSpec` (``PruningCallback``) and
+:class:`SparsifySpec` (``SparsifyCallback``).
 
-Each field is declared once here, with its default and its check. The callback validates its arguments by
-building a :class:`PruningSpec`; the Hydra app derives its top-level config keys from the fields that carry
-an ``app`` type in their metadata (:func:`app_fields`). A new parameter is added here (plus the docs).
+Each field is declared once here, with its default and its check; the checks both callbacks share (schedule,
+context, epochs, layer patterns) are written once, below. A callback validates its arguments by building its
+spec; the Hydra app derives its config keys from the fields that carry an ``app`` type in their metadata
+(:func:`app_fields`). A new parameter is added here (plus the docs).
 
 >>> spec = PruningSpec(ratio=0.5, schedule="linear")
 >>> spec.prunes_anything, spec.goal()
@@ -23,6 +25,7 @@ from .budget import BUDGET_TARGETS, TARGETS
 from .criteria import CRITERIA, Importance
 from .safety import ON_UNSAFE
 from .schedules import SCHEDULES, Schedule
+from .sparsity import SPARSITY_CRITERIA, Criterion, parse_granularity
 
 CONTEXTS = ("global", "local")
 OPTIMIZER_STATES = ("slice", "reset")
@@ -39,6 +42,67 @@ def _number(value: object) -> bool:
 
 def _invalid(name: str, value: object, allowed: str) -> ValueError:
     return ValueError(f"{name}={value!r} is invalid; it must {allowed}")
+
+
+def _integer(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int)
+
+
+# -- the checks both callbacks share ---------------------------------------------------------------------
+def check_schedule(schedule: object) -> None:
+    if not callable(schedule) and schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is unknown; choose one of {sorted(SCHEDULES)} or a callable")
+
+
+def check_context(context: object) -> None:
+    if context not in CONTEXTS:
+        raise ValueError(f"context={context!r} is unknown; choose one of {list(CONTEXTS)}")
+
+
+def check_epochs(start_epoch: object, end_epoch: object) -> None:
+    """``start_epoch`` an integer >= 0; ``end_epoch`` None or an integer >= ``start_epoch``."""
+    if not _integer(start_epoch) or start_epoch < 0:
+        raise _invalid("start_epoch", start_epoch, "be an integer >= 0")
+    if end_epoch is not None and (not _integer(end_epoch) or end_epoch < start_epoch):
+        raise _invalid("end_epoch", end_epoch, f"be an integer >= start_epoch ({start_epoch})")
+
+
+def check_patterns(name: str, patterns: object) -> list[str]:
+    """A module-name pattern or a list of them, as a list of strings."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not isinstance(patterns, Sequence) or not all(isinstance(p, str) for p in patterns):
+        raise _invalid(name, patterns, "be a list of module-name patterns (strings)")
+    return [str(p) for p in patterns]
+
+
+def resolve_end_epoch(start_epoch: int, end_epoch: int | None, max_epochs: int | None, owner: str, goal: str) -> int:
+    """The epoch at whose end the schedule completes, checked against the trainer's ``max_epochs``
+    (None or negative: unbounded); ``owner`` and ``goal`` name the callback and what is reached in errors.
+
+    >>> resolve_end_epoch(1, None, 5, "PruningCallback", "ratio")
+    3
+    >>> resolve_end_epoch(0, 5, 5, "PruningCallback", "ratio")
+    Traceback (most recent call last):
+    ...
+    ValueError: end_epoch=5 is at or past max_epochs=5; it must lie in [0, 4] so that the full ratio is reached
+    """
+    if max_epochs is None or max_epochs < 0:
+        if end_epoch is None:
+            raise ValueError(f"the trainer has no max_epochs; set {owner}(end_epoch=...)")
+        return end_epoch
+    if start_epoch >= max_epochs:
+        raise ValueError(
+            f"start_epoch={start_epoch} is at or past max_epochs={max_epochs}; it must lie in [0, {max_epochs - 1}]"
+        )
+    # by default the schedule completes one epoch before the last, which then fine-tunes the pruned model
+    end = max(start_epoch, max_epochs - 2) if end_epoch is None else end_epoch
+    if end >= max_epochs:
+        raise ValueError(
+            f"end_epoch={end} is at or past max_epochs={max_epochs}; it must lie in "
+            f"[{start_epoch}, {max_epochs - 1}] so that the full {goal} is reached"
+        )
+    return end
 
 
 @dataclass
@@ -80,33 +144,25 @@ class PruningSpec:
                     f"ratio_overrides[{pattern!r}]={value!r} is invalid; patterns must be strings and ratios "
                     "must lie in [0, 1)"
                 )
-        if isinstance(self.ignored_layers, str):
-            self.ignored_layers = [self.ignored_layers]
-        if not all(isinstance(p, str) for p in self.ignored_layers):
-            raise _invalid("ignored_layers", self.ignored_layers, "be a list of module-name patterns (strings)")
+        self.ignored_layers = check_patterns("ignored_layers", self.ignored_layers)
         # normalised copies: plain types, never the caller's objects
         self.ratio = float(self.ratio)
         self.max_layer_ratio = float(self.max_layer_ratio)
         self.graph_build_warn_s = float(self.graph_build_warn_s)
         self.budget = None if self.budget is None else float(self.budget)
-        self.ignored_layers = [str(p) for p in self.ignored_layers]
         self.ratio_overrides = {str(k): float(v) for k, v in (self.ratio_overrides or {}).items()}
         self.pruner_kwargs = dict(self.pruner_kwargs or {})
 
     def _check_choices(self) -> None:
         if self.optimizer_state not in OPTIMIZER_STATES:
             raise ValueError(f"optimizer_state={self.optimizer_state!r} is unknown; choose 'slice' or 'reset'")
-        if not callable(self.schedule) and self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"schedule={self.schedule!r} is unknown; choose one of {sorted(SCHEDULES)} or a callable"
-            )
+        check_schedule(self.schedule)
         if not isinstance(self.criterion, Importance) and self.criterion not in CRITERIA:
             raise ValueError(
                 f"criterion={self.criterion!r} is unknown; choose one of {sorted(CRITERIA)} "
                 "or a torch_pruning.importance.Importance instance"
             )
-        if self.context not in CONTEXTS:
-            raise ValueError(f"context={self.context!r} is unknown; choose one of {list(CONTEXTS)}")
+        check_context(self.context)
         if self.target not in TARGETS:
             raise ValueError(f"target={self.target!r} is unknown; choose one of {list(TARGETS)}")
         if self.on_unsafe not in ON_UNSAFE:
@@ -115,17 +171,10 @@ class PruningSpec:
     def _check_numbers(self) -> None:
         if not _number(self.ratio) or not 0.0 <= self.ratio < 1.0:
             raise _invalid("ratio", self.ratio, "lie in [0, 1)")
-        if isinstance(self.start_epoch, bool) or not isinstance(self.start_epoch, int) or self.start_epoch < 0:
-            raise _invalid("start_epoch", self.start_epoch, "be an integer >= 0")
-        if self.end_epoch is not None and (
-            isinstance(self.end_epoch, bool) or not isinstance(self.end_epoch, int) or self.end_epoch < self.start_epoch
-        ):
-            raise _invalid("end_epoch", self.end_epoch, f"be an integer >= start_epoch ({self.start_epoch})")
+        check_epochs(self.start_epoch, self.end_epoch)
         if not _number(self.max_layer_ratio) or not 0.0 < self.max_layer_ratio <= 1.0:
             raise _invalid("max_layer_ratio", self.max_layer_ratio, "lie in (0, 1]")
-        if self.round_to is not None and (
-            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
-        ):
+        if self.round_to is not None and (not _integer(self.round_to) or self.round_to < 1):
             raise _invalid("round_to", self.round_to, "be None or an integer >= 1")
         if not _number(self.graph_build_warn_s) or not self.graph_build_warn_s > 0:
             raise _invalid("graph_build_warn_s", self.graph_build_warn_s, "be seconds > 0")
@@ -162,14 +211,88 @@ class PruningSpec:
         return f"{self.budget:.0%} of dense {self.target}"
 
 
-def app_fields() -> dict[str, Any]:
-    """The fields the Hydra app exposes as top-level keys: name -> (OmegaConf type, default).
+@dataclass
+class SparsifySpec:
+    """What to zero, when and how: the arguments of :class:`~lightning_prune.SparsifyCallback`, checked.
+
+    See the callback's docstring for the meaning of each field.
+
+    >>> SparsifySpec(sparsity=0.5, granularity="2:4").goal()
+    '50% of weights zero (2:4)'
+    >>> SparsifySpec(sparsity=0.6, granularity="2:4")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: sparsity=0.6 is invalid for granularity='2:4'; it must lie in [0, 0.5] (at most 2 of every 4 ...
+    """
+
+    sparsity: float = field(default=0.5, metadata=_app(float))
+    granularity: str = field(default="weight", metadata=_app(str))
+    context: str = field(default="local", metadata=_app(str))
+    criterion: str | Criterion = field(default="magnitude", metadata=_app(str))
+    schedule: str | Schedule = "agp"  # the app builds it from its ``schedule`` config group
+    start_epoch: int = field(default=0, metadata=_app(int))
+    end_epoch: int | None = field(default=None, metadata=_app(int | None))
+    lottery_ticket: bool = field(default=False, metadata=_app(bool))
+    rewind_epoch: int = field(default=0, metadata=_app(int))
+    example_inputs: Any = None
+    ignored_layers: Sequence[str] = field(default=(), metadata=_app(list[str]))
+    prune_output_layers: bool = field(default=False, metadata=_app(bool))
+    make_permanent: bool = field(default=True, metadata=_app(bool))
+    seed: int | None = None  # the app seeds everything with its own ``seed`` key
+    verbose: bool = field(default=True, metadata=_app(bool))
+
+    def __post_init__(self) -> None:
+        self.granularity = str(parse_granularity(self.granularity))
+        limit = parse_granularity(self.granularity).max_sparsity
+        if not _number(self.sparsity) or not 0.0 <= self.sparsity < 1.0:
+            raise _invalid("sparsity", self.sparsity, "lie in [0, 1)")
+        if self.sparsity > limit + 1e-12:
+            g = parse_granularity(self.granularity)
+            raise ValueError(
+                f"sparsity={self.sparsity!r} is invalid for granularity={self.granularity!r}; it must lie in "
+                f"[0, {limit:g}] (at most {g.n} of every {g.m} weights are kept)"
+            )
+        check_context(self.context)
+        if not callable(self.criterion) and self.criterion not in SPARSITY_CRITERIA:
+            raise ValueError(
+                f"criterion={self.criterion!r} is unknown; choose one of {list(SPARSITY_CRITERIA)} or a callable "
+                "weight -> scores of the same shape"
+            )
+        check_schedule(self.schedule)
+        check_epochs(self.start_epoch, self.end_epoch)
+        for name in ("lottery_ticket", "prune_output_layers", "make_permanent", "verbose"):
+            if not isinstance(getattr(self, name), bool):
+                raise _invalid(name, getattr(self, name), "be True or False")
+        if not _integer(self.rewind_epoch) or not 0 <= self.rewind_epoch <= self.start_epoch:
+            raise _invalid(
+                "rewind_epoch", self.rewind_epoch,
+                f"be an integer in [0, start_epoch={self.start_epoch}]: the weights are saved before the first "
+                "sparsity step",
+            )
+        if self.seed is not None and not _integer(self.seed):
+            raise _invalid("seed", self.seed, "be None or an integer")
+        self.ignored_layers = check_patterns("ignored_layers", self.ignored_layers)
+        self.sparsity = float(self.sparsity)
+
+    @property
+    def prunes_anything(self) -> bool:
+        return self.sparsity > 0
+
+    def goal(self) -> str:
+        """The final goal in words, for logs."""
+        return f"{self.sparsity:.0%} of weights zero ({self.granularity})"
+
+
+def app_fields(spec: type = PruningSpec) -> dict[str, Any]:
+    """The fields of ``spec`` (a spec class) the Hydra app exposes as keys: name -> (OmegaConf type, default).
 
     >>> app_fields()["ratio"]
     (<class 'float'>, 0.4)
+    >>> app_fields(SparsifySpec)["granularity"]
+    (<class 'str'>, 'weight')
     """
     return {
         f.name: (f.metadata["app"], list(f.default) if isinstance(f.default, tuple) else f.default)
-        for f in fields(PruningSpec)
+        for f in fields(spec)
         if "app" in f.metadata
     }

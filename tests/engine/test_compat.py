@@ -105,3 +105,83 @@ def test_set_history_replaces_the_graph_history():
     assert len(pruner.history()) == 1
     compat.set_history(pruner.graph, [])
     assert pruner.history() == []
+
+
+# -- traps behind the attention, Conv1D and bare-parameter workarounds ---------------------------------
+class Conv1D(nn.Module):
+    """transformers' Conv1D, by shape: weight ``(in, out)``."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight, self.bias = nn.Parameter(torch.randn(nx, nf)), nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(*x.shape[:-1], self.nf)
+
+
+def conv1d_mlp() -> nn.Module:
+    return nn.Sequential(Conv1D(8, 4), nn.GELU(), Conv1D(4, 8))
+
+
+def test_trap_criteria_score_no_layer_they_do_not_know():
+    from lightning_prune.engine.hf import layer_pruners
+
+    net = conv1d_mlp()
+    graph = tp.DependencyGraph().build_dependency(
+        net, example_inputs=torch.zeros(1, 3, 4), customized_pruners=layer_pruners(net)
+    )
+    pruner = layer_pruners(net)[Conv1D]
+    group = graph.get_pruning_group(net[0], pruner.prune_out_channels, list(range(8)))
+    assert tp.importance.GroupMagnitudeImportance(p=2)(group) is None  # the MLP would never be pruned
+    from lightning_prune.engine.criteria import GroupScorer
+
+    scores = GroupScorer(tp.importance.GroupMagnitudeImportance(p=2))(group)
+    assert scores is not None and scores.shape == (8,)
+
+
+def test_trap_the_macs_counter_treats_unknown_layers_as_free():
+    tp.utils.op_counter.MODULES_MAPPING.pop(Conv1D, None)
+    net = conv1d_mlp()
+    assert tp.utils.count_ops_and_params(net, torch.zeros(1, 3, 4))[0] < 3 * 8 * 4  # the GELU only
+    from lightning_prune import count_macs_params
+
+    assert count_macs_params(net, torch.zeros(1, 3, 4))[0] >= 2 * 3 * 8 * 4
+
+
+def test_trap_pruning_a_bare_parameter_rekeys_the_graph():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.scale = nn.Conv2d(3, 4, 1), nn.Parameter(torch.ones(1, 4, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) * self.scale
+
+    net = Net()
+    graph = tp.DependencyGraph().build_dependency(net, example_inputs=torch.zeros(1, 3, 2, 2))
+    old = net.scale
+    saved = compat.parameter_bookkeeping(graph)
+    graph.get_pruning_group(net.conv, tp.prune_conv_out_channels, [0]).prune()
+    assert net.scale is not old and net.scale in graph.module2node and old not in graph.module2node
+    compat.restore_parameter_bookkeeping(graph, saved)
+    assert old in graph.module2node and graph.module2node[old].module is old
+
+
+def test_trap_split_mappings_only_follow_dim_1():
+    # GPT-2's fused c_attn is split along the last dim of a 3-D tensor: torch-pruning leaves such a split
+    # unmapped, so its q/k/v parts would be coupled with the output projection index for index
+    class Fused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(4, 12), nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.qkv(x).split(4, dim=2)
+            return self.proj(v * (q * k).sum(-1, keepdim=True))
+
+    net = Fused()
+    graph = tp.DependencyGraph().build_dependency(net, example_inputs=torch.zeros(1, 3, 4))
+    group = graph.get_pruning_group(net.qkv, tp.prune_linear_out_channels, list(range(12)))
+    proj_in = [idxs for dep, idxs in group if dep.target.module is net.proj]
+    assert proj_in and max(proj_in[0]) >= net.proj.in_features  # mapped past the layer's width

@@ -169,7 +169,7 @@ def macs_run():
     pl.seed_everything(0, verbose=False)
     module = classifier()
     granule = one_channel_granule(module)
-    callback = PruningCallback(target="macs", budget=0.5, schedule="agp", verbose=False)
+    callback = PruningCallback(target="macs", budget=0.5, schedule="agp", end_epoch=3, verbose=False)
     trainer, recorder = fit(module, callback, epochs=4)
     return module, callback, trainer, recorder, granule
 
@@ -205,7 +205,7 @@ def test_intermediate_epochs_follow_the_schedule_in_macs(macs_run):
 def test_params_budget_lands_within_one_granule_and_follows_the_schedule():
     module = classifier()
     _, granule = one_channel_granule(module)
-    callback = PruningCallback(target="params", budget=0.5, schedule="linear", verbose=False)
+    callback = PruningCallback(target="params", budget=0.5, schedule="linear", end_epoch=1, verbose=False)
     _, recorder = fit(module, callback, epochs=2)
     for epoch, expected in enumerate((0.75, 0.5)):
         params_ratio = recorder.ratios[epoch][1]
@@ -271,6 +271,7 @@ def test_a_ratio_override_follows_the_schedule_and_the_budget_moves_the_other_la
         budget=0.6,
         schedule="linear",
         ratio_overrides={"model.layer4.0.conv1": 0.25},
+        end_epoch=1,
         verbose=False,
     )
     _, recorder = fit(module, callback, epochs=2)

@@ -69,7 +69,9 @@ def test_local_pruning_follows_the_schedule_layer_by_layer(schedule):
     module = classifier()
     original = out_channels(module)
     after = Recorder()
-    callback = PruningCallback(ratio=0.5, schedule=schedule, context="local", start_epoch=1, criterion="l1")
+    callback = PruningCallback(
+        ratio=0.5, schedule=schedule, context="local", start_epoch=1, end_epoch=4, criterion="l1"
+    )
     fit(module, [callback, after], epochs=5)
     sched = get_schedule(schedule)
     for epoch, widths in enumerate(after.widths):
@@ -90,7 +92,7 @@ def test_global_pruning_removes_the_scheduled_share_of_all_prunable_channels():
     prunable = [n for n in original if n != "model.fc"]
     total = sum(original[n] for n in prunable)
     after = Recorder()
-    callback = PruningCallback(ratio=0.6, schedule="linear", context="global", criterion="l2")
+    callback = PruningCallback(ratio=0.6, schedule="linear", context="global", end_epoch=2, criterion="l2")
     fit(module, [callback, after], epochs=3)
     for epoch, widths in enumerate(after.widths):
         target = 0.6 * (epoch + 1) / 3
@@ -124,7 +126,7 @@ def test_round_to_keeps_multiples():
 def test_pruned_layers_keep_training_after_each_prune():
     module = classifier(ResidualNet())
     before_prune, after_prune = Recorder(), Recorder()
-    callback = PruningCallback(ratio=0.5, schedule=get_schedule("iterative", n_steps=2), criterion="l2")
+    callback = PruningCallback(ratio=0.5, schedule=get_schedule("iterative", n_steps=2), end_epoch=3, criterion="l2")
     fit(module, [before_prune, callback, after_prune], epochs=4)
     # prunes at the end of epochs 1 and 3 (n_steps=2 over 4 epochs)
     assert [e["epoch"] for e in callback.events] == [1, 3]
@@ -190,7 +192,7 @@ def test_dependency_graph_is_built_once_per_fit(monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(tp.DependencyGraph, "build_dependency", counting)
-    callback = PruningCallback(ratio=0.5, schedule="linear")
+    callback = PruningCallback(ratio=0.5, schedule="linear", end_epoch=2)
     fit(classifier(), [callback], epochs=3)
     assert len(callback.events) == 3
     assert len(calls) == 1
@@ -338,3 +340,17 @@ def test_the_graph_is_traced_with_one_sample_even_when_a_whole_batch_is_given():
     assert callback.example_inputs.shape == (1, 3, 8, 8)
     assert 16 not in seen and 1 in seen  # traced with one sample, trained with batches of 8
     assert 8 in seen
+
+
+def test_by_default_the_last_epoch_fine_tunes_the_pruned_model():
+    module = classifier()
+    callback = PruningCallback(ratio=0.5, schedule="linear", verbose=False)
+    fit(module, [callback], epochs=3)
+    assert [event["epoch"] for event in callback.events] == [0, 1]  # full ratio at epoch 1, epoch 2 fine-tunes
+
+
+def test_a_prune_at_the_end_of_the_last_epoch_warns_that_it_is_not_fine_tuned():
+    callback = PruningCallback(ratio=0.5, schedule="linear", end_epoch=2, verbose=False)
+    with pytest.warns(UserWarning, match=r"not fine-tuned; set end_epoch <= 1"):
+        fit(classifier(), [callback], epochs=3)
+    assert callback.events[-1]["epoch"] == 2
