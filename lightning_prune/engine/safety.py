@@ -124,6 +124,8 @@ class _ChannelFlow(TorchFunctionMode):
         elif name in ("cat", "concat", "concatenate") and any(id(t) in self.pieces for t in inputs):
             chunked = frozenset().union(*(self.sources.get(id(t), frozenset()) for t in inputs if id(t) in self.pieces))
             self._flag(chunked, "chunk/split feeding torch.cat (torch-pruning mis-maps its channel indices)")
+        elif name in ("cat", "concat", "concatenate") and first is None and args and len(args[0]) > 1:
+            self._check_cat(list(args[0]), kwargs.get("dim", args[1] if len(args) > 1 else 0))
         for tensor in outputs:
             self.mark(tensor, names)
         if first is not None and id(first) in self.channel_dim:
@@ -132,6 +134,25 @@ class _ChannelFlow(TorchFunctionMode):
             for tensor in outputs:
                 self.channel_dim[id(tensor)] = moved
         return out
+
+    def _check_cat(self, parts: list[Any], dim: Any) -> None:
+        """Copies of the same layers' channels concatenated along the channels (Swin's patch merging:
+        ``cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], ...], -1)``): torch-pruning cannot map them."""
+        tensors = [t for t in parts if torch.is_tensor(t)]
+        if len(tensors) < 2 or not isinstance(dim, int):
+            return
+        c = self.channel_dim.get(id(tensors[0]))
+        if c is None or dim % tensors[0].dim() != c % tensors[0].dim():
+            return
+        seen: set[str] = set()
+        shared: set[str] = set()
+        for t in tensors:
+            names = self.sources.get(id(t), frozenset())
+            shared |= seen & names
+            seen |= names
+        if shared:
+            self._flag(frozenset(shared), "copies of its channels are concatenated along the channels "
+                                          "(torch-pruning cannot map them)")  # fmt: skip
 
     def _check_view(self, x: torch.Tensor, y: torch.Tensor, sizes: list[Any], names: frozenset[str]) -> None:
         c = self.channel_dim.get(id(x))
@@ -180,6 +201,10 @@ def _moved_channel_dim(
     name: str, x: torch.Tensor, y: torch.Tensor | None, args: Sequence[Any], kwargs: dict, c: int | None
 ) -> int | None:
     """Where ``x``'s channels (along ``c``) lie in the output ``y`` of operation ``name``; None when unknown."""
+    if name == "linear" and y is not None:  # a functional Linear (torchvision's Swin): features last
+        return y.dim() - 1
+    if name.startswith("conv") and y is not None:
+        return 1
     if c is None or y is None:
         return None
     c %= x.dim()
