@@ -117,6 +117,10 @@ def main(models: dict[str, tuple[str, int]], default_out: str, description: str)
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "CONTEXT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        import resource
+
+        limit = int(float(os.environ.get("COVERAGE_MEMORY_GB", "10")) * 2**30)  # a model never takes the machine
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         name, context = args.child
         print(json.dumps(run_one(models[name][0], models[name][1], context)), flush=True)
         return

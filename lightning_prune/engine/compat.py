@@ -73,24 +73,28 @@ def traceable(model: nn.Module) -> Iterator[None]:
 
 
 def tolerant_reshape_mapping() -> None:
-    """Make torch-pruning skip (leave unmapped) a reshape whose channel count it infers as 0 instead of
-    failing with ``ZeroDivisionError`` (torchvision's ShuffleNetV2: the channel shuffle's views, whose layers
-    the safety check leaves unpruned anyway). ``update_index_mapping`` looks the function up by its module
-    global at every call, so it is wrapped there, once."""
+    """Make torch-pruning skip (leave unmapped) a reshape whose channel count it infers as 0, and a concat
+    of parts whose channel counts it cannot infer, instead of failing the whole graph build with
+    ``ZeroDivisionError`` (torchvision's ShuffleNetV2: the channel shuffle's views) or ``TypeError``
+    (torchvision's Swin: the patch merging's concatenated slices). The safety check leaves those layers
+    unpruned anyway. ``update_index_mapping`` looks the functions up by their module globals at every call,
+    so they are wrapped there, once."""
     mapping = tp.dependency.index_mapping
-    original = mapping.update_reshape_index_mapping
-    if getattr(original, "_lightning_prune", False):
-        return
+    for name, errors in (("update_reshape_index_mapping", ZeroDivisionError),
+                         ("update_concat_index_mapping", TypeError)):  # fmt: skip
+        original = getattr(mapping, name)
+        if getattr(original, "_lightning_prune", False):
+            continue
 
-    @functools.wraps(original)
-    def update_reshape_index_mapping(graph: Any, node: Any) -> None:
-        try:
-            original(graph, node)
-        except ZeroDivisionError:
-            return
+        def tolerant(graph: Any, node: Any, original: Any = original, errors: Any = errors) -> None:
+            try:
+                original(graph, node)
+            except errors:
+                return
 
-    update_reshape_index_mapping._lightning_prune = True  # type: ignore[attr-defined]
-    mapping.update_reshape_index_mapping = update_reshape_index_mapping
+        functools.update_wrapper(tolerant, original)
+        tolerant._lightning_prune = True  # type: ignore[attr-defined]
+        setattr(mapping, name, tolerant)
 
 
 def build_base_pruner(model: nn.Module, example_inputs: object, **kwargs: Any) -> tp.pruner.BasePruner:

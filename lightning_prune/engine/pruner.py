@@ -324,6 +324,11 @@ class ChannelPruner(Restructurer):
                         round_to=round_to,
                         **{k: (dict(v) if isinstance(v, dict) else v) for k, v in kwargs.items()},
                     )
+            except MemoryError as err:
+                raise ValueError(
+                    "torch-pruning ran out of memory grouping this model's channels (its index mapping through "
+                    "the model's reshapes grows without bound); ignore the layers of the offending blocks"
+                ) from err
             except Exception as err:
                 # tracing may have worked and torch-pruning failed to map some group's channels
                 bad = self._unmappable(model, example_inputs, ignored, kwargs, err)

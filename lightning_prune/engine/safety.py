@@ -58,6 +58,7 @@ class UnsafeOp:
 
 _SHUFFLES = {"channel_shuffle", "native_channel_shuffle", "pixel_shuffle", "pixel_unshuffle"}
 _SPLITS = {"chunk", "split", "tensor_split", "split_with_sizes", "unsafe_chunk", "unsafe_split"}
+_FUNCTIONAL = {"linear", "conv1d", "conv2d", "conv3d"}
 _SWAPS = {"transpose", "swapaxes", "swapdims", "permute"}
 
 
@@ -80,6 +81,8 @@ class _ChannelFlow(TorchFunctionMode):
         self.found: dict[str, str] = {}
         self.opaque = 0  # > 0 inside a module torch-pruning prunes as a whole (nn.MultiheadAttention)
         self.channel_dim: dict[int, int | None] = {}  # where a tensor's channels are (None: unknown)
+        self.weights: dict[int, nn.Module] = {}  # a prunable layer's weight -> the layer
+        self.calling: list[nn.Module] = []  # prunable layers whose forward is running
         self._alive: list[torch.Tensor] = []  # keeps ids unique during the pass
 
     def mark(self, tensor: object, names: frozenset[str]) -> None:
@@ -103,6 +106,10 @@ class _ChannelFlow(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         first = args[0] if args and torch.is_tensor(args[0]) else None
         outputs = [t for t in tree_leaves(out) if torch.is_tensor(t)]
+        if name in _FUNCTIONAL and len(args) > 1 and id(args[1]) in self.weights:
+            if self.weights[id(args[1])] not in self.calling:  # the layer's weight, used outside its forward
+                self._flag(names, "it feeds a layer whose weight is used functionally (torchvision Swin's "
+                                  "attention calls F.linear on qkv.weight), unseen by torch-pruning")  # fmt: skip
         if name in _SHUFFLES:
             self._flag(names, f"{name} mixes its channels")
         elif name in ("view", "reshape", "flatten", "view_as", "reshape_as") and first is not None and outputs:
@@ -124,6 +131,8 @@ class _ChannelFlow(TorchFunctionMode):
         elif name in ("cat", "concat", "concatenate") and any(id(t) in self.pieces for t in inputs):
             chunked = frozenset().union(*(self.sources.get(id(t), frozenset()) for t in inputs if id(t) in self.pieces))
             self._flag(chunked, "chunk/split feeding torch.cat (torch-pruning mis-maps its channel indices)")
+        elif name in ("cat", "concat", "concatenate") and first is None and args and len(args[0]) > 1:
+            self._check_cat(list(args[0]), kwargs.get("dim", args[1] if len(args) > 1 else 0))
         for tensor in outputs:
             self.mark(tensor, names)
         if first is not None and id(first) in self.channel_dim:
@@ -132,6 +141,25 @@ class _ChannelFlow(TorchFunctionMode):
             for tensor in outputs:
                 self.channel_dim[id(tensor)] = moved
         return out
+
+    def _check_cat(self, parts: list[Any], dim: Any) -> None:
+        """Copies of the same layers' channels concatenated along the channels (Swin's patch merging:
+        ``cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], ...], -1)``): torch-pruning cannot map them."""
+        tensors = [t for t in parts if torch.is_tensor(t)]
+        if len(tensors) < 2 or not isinstance(dim, int):
+            return
+        c = self.channel_dim.get(id(tensors[0]))
+        if c is None or dim % tensors[0].dim() != c % tensors[0].dim():
+            return
+        seen: set[str] = set()
+        shared: set[str] = set()
+        for t in tensors:
+            names = self.sources.get(id(t), frozenset())
+            shared |= seen & names
+            seen |= names
+        if shared:
+            self._flag(frozenset(shared), "copies of its channels are concatenated along the channels "
+                                          "(torch-pruning cannot map them)")  # fmt: skip
 
     def _check_view(self, x: torch.Tensor, y: torch.Tensor, sizes: list[Any], names: frozenset[str]) -> None:
         c = self.channel_dim.get(id(x))
@@ -180,6 +208,10 @@ def _moved_channel_dim(
     name: str, x: torch.Tensor, y: torch.Tensor | None, args: Sequence[Any], kwargs: dict, c: int | None
 ) -> int | None:
     """Where ``x``'s channels (along ``c``) lie in the output ``y`` of operation ``name``; None when unknown."""
+    if name == "linear" and y is not None:  # a functional Linear (torchvision's Swin): features last
+        return y.dim() - 1
+    if name.startswith("conv") and y is not None:
+        return 1
     if c is None or y is None:
         return None
     c %= x.dim()
@@ -218,7 +250,12 @@ def find_unsafe_ops(
         for tensor in tree_leaves(outputs):
             flow.mark(tensor, frozenset([names[module]]))
 
+    def call(module: nn.Module, _inputs: object) -> None:
+        flow.calling.append(module)
+
     def produce(module: nn.Module, _inputs: object, outputs: object) -> None:
+        if flow.calling and flow.calling[-1] is module:
+            flow.calling.pop()
         for tensor in tree_leaves(outputs):
             flow.mark(tensor, frozenset([names[module]]))
             if torch.is_tensor(tensor):  # a conv's channels are dim 1, a Linear's (and Conv1D's) the last
@@ -229,7 +266,9 @@ def find_unsafe_ops(
         if isinstance(module, nn.MultiheadAttention):
             hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
         elif isinstance(module, types):
-            hooks.append(module.register_forward_hook(produce))
+            hooks += [module.register_forward_pre_hook(call), module.register_forward_hook(produce)]
+            if isinstance(getattr(module, "weight", None), nn.Parameter):
+                flow.weights[id(module.weight)] = module
     try:
         with torch.no_grad(), preserved_training_modes(model), flow:
             model.eval()
