@@ -9,14 +9,12 @@ inputs of a fit, the trainer's optimizers, DDP (:mod:`lightning_prune.distribute
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
@@ -31,48 +29,13 @@ from .distributed import (
 )
 from .engine.budget import BudgetSearch
 from .engine.criteria import Importance
-from .engine.inputs import resolve_example_inputs
 from .engine.pruner import ChannelPruner, PruneStep
 from .engine.report import LayerRow, layer_report, render_layer_report
-from .engine.safety import describe
 from .engine.schedules import Schedule
-from .engine.session import ScheduledPruning, describe_event, describe_left_out
-from .engine.spec import PruningSpec, resolve_end_epoch
-from .lightning_compat import first_training_batch, spawns_ranks, start_method
-
-
-class SessionCallback(Callback):
-    """What both callbacks share: one engine session per fit (``self.session``, with ``state_dict`` and
-    ``load_state_dict``), its state kept until the session exists, and the fit's example inputs and seed.
-    Subclasses set ``self.spec`` (with ``example_inputs`` and ``seed``) and build the session in ``setup``."""
-
-    spec: Any
-    session: Any
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.session = None
-        self._state: dict[str, Any] = {}  # loaded before the session exists
-
-    def _fit_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        """The one-sample example inputs: the argument, ``example_input_array`` or the first training batch."""
-        return resolve_example_inputs(
-            self.spec.example_inputs, pl_module.example_input_array, partial(first_training_batch, trainer)
-        )
-
-    def _fit_seed(self) -> int:
-        """The argument's seed, else the seed of ``seed_everything`` (or 0)."""
-        return self.spec.seed if self.spec.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return self._state if self.session is None else self.session.state_dict()
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._state = dict(state_dict)
-        if self.session is not None:
-            self.session.load_state_dict(self._state)
+from .engine.session import ScheduledPruning, describe_event
+from .engine.spec import PruningSpec, resolve_end_epoch, schedule_warnings
+from .lightning_compat import spawns_ranks, start_method
+from .session_callback import SessionCallback
 
 
 class PruningCallback(SessionCallback):
@@ -212,17 +175,6 @@ class PruningCallback(SessionCallback):
         return self._generate_state_key(target=self.spec.target, budget=self.spec.budget, context=self.spec.context)
 
     # -- set-up ---------------------------------------------------------------------------------------
-    def _end_epoch(self, trainer: pl.Trainer) -> int:
-        spec = self.spec
-        end = resolve_end_epoch(spec.start_epoch, spec.end_epoch, trainer.max_epochs, "PruningCallback", "ratio")
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and end == max_epochs - 1 and spec.prunes_anything:
-            rank_zero_warn(
-                f"PruningCallback: the last prune happens at the end of the last epoch ({end}), so the pruned "
-                f"model is not fine-tuned; set end_epoch <= {max_epochs - 2} or train longer"
-            )
-        return end
-
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -231,45 +183,26 @@ class PruningCallback(SessionCallback):
         check_no_weight_averaging(trainer, pl_module)
         if spawns_ranks(trainer):
             rank_zero_warn(SPAWN_WARNING.format(start_method=start_method(trainer.strategy)))
-        if not self.spec.prunes_anything:
-            rank_zero_warn("PruningCallback: ratio=0 with no ratio_overrides or budget prunes nothing")
-        end_epoch = self._end_epoch(trainer)
+        spec = self.spec
+        end_epoch = resolve_end_epoch(spec.start_epoch, spec.end_epoch, trainer.max_epochs, "PruningCallback", "ratio")
+        for message in schedule_warnings(spec, end_epoch, trainer.max_epochs):
+            rank_zero_warn(f"PruningCallback: {message}")
         session = self.session = ScheduledPruning(
-            pl_module, self._fit_inputs(trainer, pl_module), self.spec, end_epoch, seed=self._fit_seed()
+            pl_module, self._fit_inputs(trainer, pl_module), spec, end_epoch, seed=self._fit_seed()
         )
         session.chooses = trainer.is_global_zero
         session.load_state_dict(self._state)
-        if session.unsafe:
-            rank_zero_warn(
-                f"PruningCallback: not pruning layers that feed unsafe operations: {describe(session.unsafe)}"
-            )
-        if session.left_out:
-            rank_zero_warn(f"PruningCallback: not pruning {describe_left_out(session.left_out)}")
-        if session.pruner.build_seconds > self.spec.graph_build_warn_s:
-            rank_zero_warn(
-                f"PruningCallback: building the dependency graph took {session.pruner.build_seconds:.1f}s "
-                f"(graph_build_warn_s={self.spec.graph_build_warn_s:g}); where the model allows, pass smaller "
-                "example_inputs (e.g. a smaller image size)"
-            )
+        for message in session.setup_warnings():
+            rank_zero_warn(f"PruningCallback: {message}")
         self._load_hook = pl_module.register_load_state_dict_pre_hook(RestructureOnLoad(lambda: self.pruner, trainer))
-        rank_zero_info(
-            f"PruningCallback: {session.pruner.prunable_channels} prunable channels; output layers kept: "
-            f"{session.output_layers}; pruning to {self.spec.goal()} over epochs {self.spec.start_epoch}..{end_epoch}"
-        )
+        rank_zero_info(f"PruningCallback: {session.describe_setup()}")
         if self.spec.target in ("macs", "params"):  # device-independent: resolve now; latency at fit start
             self._resolve_budget(trainer)
 
     def _resolve_budget(self, trainer: pl.Trainer) -> None:
         assert self.session is not None and self.session.budget is None
-        plan = self.session.resolve_budget(strategy=trainer.strategy)
-        tracker = self.session.budget
-        assert tracker is not None
-        rank_zero_info(
-            f"PruningCallback: {self.spec.target} budget {self.spec.budget:.1%} of dense "
-            f"({tracker.dense_value:.6g}); smallest reachable {tracker.smallest_reachable:.1%}; at the current "
-            f"weights it takes removing {plan.ratio:.1%} of channels (search: {plan.trials} trials, "
-            f"{plan.seconds:.2f}s)"
-        )
+        self.session.resolve_budget(strategy=trainer.strategy)
+        rank_zero_info(f"PruningCallback: {self.session.describe_budget()}")
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -325,13 +258,9 @@ class PruningCallback(SessionCallback):
             if name.startswith("prune/"):
                 pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
         rank_zero_info(f"PruningCallback: {describe_event(event, self.spec.target)}")
-        search = self.session.last_search
-        if search is not None and "search" in event and not search.met:
-            rank_zero_warn(
-                f"PruningCallback: epoch {event['epoch']}: the {self.spec.target} budget "
-                f"{event['prune/budget_target']:.1%} was missed: {search.value:.1%} of dense after pruning to "
-                f"{event['prune/ratio']:.1%} of channels"
-            )
+        missed = self.session.budget_missed(event)
+        if missed:
+            rank_zero_warn(f"PruningCallback: {missed}")
 
     def prune(
         self, trainer: pl.Trainer, target: float, budget: float | None = None, fraction: float = 1.0

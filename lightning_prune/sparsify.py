@@ -17,12 +17,12 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from .callback import SessionCallback
 from .distributed import check_no_weight_averaging, check_strategy_supported, decide_on_rank_zero
 from .engine.schedules import Schedule
 from .engine.sparsify import ScheduledSparsity
 from .engine.sparsity import Criterion, SparsityRow, render_sparsity_report
 from .engine.spec import SparsifySpec, resolve_end_epoch
+from .session_callback import SessionCallback
 
 AVERAGING_HINT = (
     "SparsifyCallback re-parametrises the sparsified weights (weight -> weight_orig * weight_mask), so an averaged "

@@ -299,21 +299,27 @@ def check_model_fits_data(model: nn.Module, input_shape: tuple[int, ...], num_cl
         )
 
 
+def _saved_model_path(cfg: DictConfig) -> Path:
+    path = Path(cfg.model_path)
+    if not path.is_file():
+        raise ValueError(f"model_path={cfg.model_path!r} is not a file; give a pruned_model.pt written by train.py")
+    return path
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate a saved whole model on the configured data: accuracy, params, MACs and CPU latency."""
-    if not Path(cfg.model_path).is_file():
-        raise ValueError(f"model_path={cfg.model_path!r} is not a file; give a pruned_model.pt written by train.py")
+    model_path = _saved_model_path(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
-    model = load_model(cfg.model_path).eval()
-    check_model_fits_data(model, tuple(datamodule.input_shape), datamodule.num_classes, cfg.model_path)
+    shape = tuple(datamodule.input_shape)
+    model = load_model(model_path).eval()
+    check_model_fits_data(model, shape, datamodule.num_classes, cfg.model_path)
     correct = total = 0
     with torch.inference_mode():
         for x, y in datamodule.test_dataloader():
             correct += int((model(x).argmax(dim=1) == y).sum())
             total += len(y)
-    shape = tuple(datamodule.input_shape)
     macs, params = count_macs_params(model, torch.zeros(1, *shape))
     latency = measure_latency(model, torch.randn(1, *shape), repeats=cfg.latency_repeats)
     result = {"accuracy": correct / total, "params": params, "macs": macs, "cpu_latency_ms_batch_1": latency * 1e3}
@@ -329,9 +335,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Export a saved whole model (``format=onnx``), verify it, and add its latency to the run's summary.json."""
     if cfg.format not in EXPORT_FORMATS:
         raise ValueError(f"format={cfg.format!r} is unknown; choose one of {list(EXPORT_FORMATS)}")
-    model_path = Path(cfg.model_path)
-    if not model_path.is_file():
-        raise ValueError(f"model_path={cfg.model_path!r} is not a file; give a pruned_model.pt written by train.py")
+    model_path = _saved_model_path(cfg)
     summary_path = model_path.with_name("summary.json")
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     if cfg.input_shape is not None:

@@ -43,7 +43,7 @@ from .pruner import (
 )
 from .report import LayerRow, layer_report, prune_metrics
 from .rollback import Snapshot, forward_check, step_error
-from .safety import UnsafeOp, unsafe_layers_to_ignore
+from .safety import UnsafeOp, describe, unsafe_layers_to_ignore
 from .schedules import get_schedule, scheduled_ratio
 from .spec import PruningSpec
 from .surgery import remap_optimizer
@@ -118,6 +118,50 @@ class ScheduledPruning:
         if spec.prunes_anything and self.pruner.prunable_channels == 0:
             raise NothingToPruneError(nothing_prunable(model, self.output_layers, ignored, self.left_out))
         self.baseline: list[LayerRow] = layer_report(model, example_inputs)
+
+    # -- what the user hears ------------------------------------------------------------------------
+    def setup_warnings(self) -> list[str]:
+        """Layers left unpruned and why, and a slow graph build."""
+        found = []
+        if self.unsafe:
+            found.append(f"not pruning layers that feed unsafe operations: {describe(self.unsafe)}")
+        if self.left_out:
+            found.append(f"not pruning {describe_left_out(self.left_out)}")
+        seconds, limit = self.pruner.build_seconds, self.spec.graph_build_warn_s
+        if seconds > limit:
+            found.append(
+                f"building the dependency graph took {seconds:.1f}s (graph_build_warn_s={limit:g}); where the "
+                "model allows, pass smaller example_inputs (e.g. a smaller image size)"
+            )
+        return found
+
+    def describe_setup(self) -> str:
+        spec = self.spec
+        return (
+            f"{self.pruner.prunable_channels} prunable channels; output layers kept: {self.output_layers}; "
+            f"pruning to {spec.goal()} over epochs {spec.start_epoch}..{self.end_epoch}"
+        )
+
+    def describe_budget(self) -> str:
+        """The resolved budget: the dense value, the smallest reachable, and the plan's channel share."""
+        tracker = self.budget
+        assert tracker is not None and tracker.plan is not None, "describe_budget needs resolve_budget first"
+        plan = tracker.plan
+        return (
+            f"{self.spec.target} budget {self.spec.budget:.1%} of dense ({tracker.dense_value:.6g}); smallest "
+            f"reachable {tracker.smallest_reachable:.1%}; at the current weights it takes removing "
+            f"{plan.ratio:.1%} of channels (search: {plan.trials} trials, {plan.seconds:.2f}s)"
+        )
+
+    def budget_missed(self, event: dict[str, Any]) -> str | None:
+        """Why a budget step of ``event`` missed its budget, or None if it met it (or had no budget)."""
+        search = self.last_search
+        if search is None or "search" not in event or search.met:
+            return None
+        return (
+            f"epoch {event['epoch']}: the {self.spec.target} budget {event['prune/budget_target']:.1%} was missed: "
+            f"{search.value:.1%} of dense after pruning to {event['prune/ratio']:.1%} of channels"
+        )
 
     # -- inputs and budget --------------------------------------------------------------------------
     def move_inputs(self, device: torch.device | str) -> None:

@@ -105,6 +105,25 @@ def resolve_end_epoch(start_epoch: int, end_epoch: int | None, max_epochs: int |
     return end
 
 
+def schedule_warnings(spec: PruningSpec, end_epoch: int, max_epochs: int | None) -> list[str]:
+    """Settings that train but may not do what was meant: nothing to prune, or no epoch left after the last
+    prune to fine-tune the pruned model.
+
+    >>> schedule_warnings(PruningSpec(ratio=0.5), end_epoch=2, max_epochs=3)[0].split("; ")[-1]
+    'set end_epoch <= 1 or train longer'
+    >>> schedule_warnings(PruningSpec(ratio=0.5), end_epoch=1, max_epochs=3)
+    []
+    """
+    if not spec.prunes_anything:
+        return ["ratio=0 with no ratio_overrides or budget prunes nothing"]
+    if max_epochs is not None and end_epoch == max_epochs - 1:
+        return [
+            f"the last prune happens at the end of the last epoch ({end_epoch}), so the pruned model is not "
+            f"fine-tuned; set end_epoch <= {max_epochs - 2} or train longer"
+        ]
+    return []
+
+
 @dataclass
 class PruningSpec:
     """What to prune, when and how: the arguments of :class:`~lightning_prune.PruningCallback`, checked.
