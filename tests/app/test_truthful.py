@@ -134,6 +134,8 @@ def test_a_run_logs_into_train_log_and_exports_to_onnx(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     assert "final val accuracy (of the saved model)" in log and "PruningCallback" in log
+    console = result.stdout + result.stderr  # each message once: Lightning's own console handlers are off
+    assert console.count("PruningCallback: epoch 0: removed") == 1, console[-3000:]
     exported = script("export.py", [f"model_path={run_dir / 'pruned_model.pt'}", "format=onnx",
                                     "latency_repeats=3"], cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr[-3000:]
