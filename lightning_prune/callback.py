@@ -78,6 +78,14 @@ class PruningCallback(SessionCallback):
             ``"raise"``.
         graph_build_warn_s: warn when building the dependency graph takes longer than this.
         optimizer_state: ``"slice"`` carries optimizer state to the kept entries; ``"reset"`` drops it.
+        sparse_training: strength of group-norm sparse training (torch-pruning's ``GroupNormPruner``
+            regulariser over the groups that will be pruned, added to the gradients before every optimizer
+            step), >= 0; 0 turns it off. Pair it with ``criterion="l2"``. See docs/recipes.md.
+        sparse_start_epoch: first epoch of sparse training.
+        sparse_end_epoch: last epoch of sparse training; default: ``end_epoch`` (the last pruning epoch).
+        channel_cost: rank channels by importance per unit of cost (global context only): ``"latency"``
+            (each layer's time on the training device), ``"macs_memory"`` (MACs plus activation memory),
+            ``"none"``, or ``"auto"`` (``"latency"`` with ``target="latency"``, else none).
 
     Example::
 
@@ -109,6 +117,10 @@ class PruningCallback(SessionCallback):
         on_unsafe: Literal["ignore", "raise"] = "ignore",
         graph_build_warn_s: float = 60.0,
         optimizer_state: Literal["slice", "reset"] = "slice",
+        sparse_training: float = 0.0,
+        sparse_start_epoch: int = 0,
+        sparse_end_epoch: int | None = None,
+        channel_cost: Literal["auto", "none", "latency", "macs_memory"] = "auto",
     ) -> None:
         super().__init__()
         arguments = dict(locals())
@@ -241,6 +253,8 @@ class PruningCallback(SessionCallback):
             trainer.current_epoch
         ):
             session.add_gradients(list(pl_module.parameters()))
+        if session is not None:
+            session.regularize(trainer.current_epoch)  # sparse training, if on: after the gradient sums
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

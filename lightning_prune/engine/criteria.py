@@ -80,6 +80,7 @@ def needs_gradients(importance: Importance) -> bool:
     >>> needs_gradients(get_criterion("l2"))
     False
     """
+    importance = getattr(importance, "base", importance)  # inside a wrapper (cost.CostAwareImportance)
     return isinstance(importance, tp.importance.GroupTaylorImportance | tp.importance.GroupHessianImportance)
 
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -451,6 +452,16 @@ class ChannelPruner(Restructurer):
             yield
         finally:
             self._set_importance(importance)
+
+    def regularized_items(self) -> list[list[tuple[nn.Module, str, list[int], list[int]]]]:
+        """The weight items of every group this pruner ranks, as sparse training pushes them (see
+        :func:`.compat.regularized_items`)."""
+        return compat.regularized_items(self._pruner)
+
+    def regularizer(self) -> Any:  # the torch-pruning reference (tests)
+        """torch-pruning's group-norm regulariser over exactly the groups this pruner ranks, scored by group
+        L2 norm (see :mod:`.regularize`); call its ``refresh()`` after every prune."""
+        return compat.group_norm_regularizer(self._pruner, GroupScorer(tp.importance.GroupMagnitudeImportance(p=2)))
 
     # -- channel accounting -------------------------------------------------------------------------
     def _channels(self, module: nn.Module, out: bool) -> int:

@@ -26,9 +26,11 @@ import torch
 from torch import nn
 
 from .budget import BudgetSearch, BudgetTracker, intermediate_budget, resolve_ratio_overrides
-from .criteria import SeededRandomImportance, needs_gradients
+from .cost import CostAwareImportance, measure_costs
+from .criteria import SeededRandomImportance, get_criterion, needs_gradients
 from .hf import conv1d_types
 from .inputs import shapes, to_device, untraceable_error
+from .regularize import GroupSparsity
 from .pruner import (
     PRUNABLE_TYPES,
     ChannelPruner,
@@ -100,11 +102,14 @@ class ScheduledPruning:
                 **(kwargs.get("pruning_ratio_dict") or {}),
                 **{tuple(model.get_submodule(n) for n in names): r for names, r in overrides.values()},
             }
+        importance = get_criterion(spec.criterion, seed=seed)
+        # with a channel cost, scores are divided by what each channel costs (re-measured before each prune)
+        self.cost_aware = CostAwareImportance(importance) if spec.cost_kind else None
         try:
             self.pruner = ChannelPruner(
                 model,
                 example_inputs,
-                importance=spec.criterion,
+                importance=self.cost_aware or importance,
                 global_pruning=spec.context == "global",
                 ignored_layers=[model.get_submodule(n) for n in sorted(ignored)],
                 round_to=spec.round_to,
@@ -118,6 +123,13 @@ class ScheduledPruning:
         if spec.prunes_anything and self.pruner.prunable_channels == 0:
             raise NothingToPruneError(nothing_prunable(model, self.output_layers, ignored, self.left_out))
         self.baseline: list[LayerRow] = layer_report(model, example_inputs)
+        self.measure_costs()
+        sparse_end = end_epoch if spec.sparse_end_epoch is None else spec.sparse_end_epoch
+        self.sparsity: GroupSparsity | None = (
+            GroupSparsity(self.pruner, spec.sparse_training, spec.sparse_start_epoch, sparse_end)
+            if spec.sparse_training > 0
+            else None
+        )
 
     # -- what the user hears ------------------------------------------------------------------------
     def setup_warnings(self) -> list[str]:
@@ -137,9 +149,18 @@ class ScheduledPruning:
 
     def describe_setup(self) -> str:
         spec = self.spec
+        extras = []
+        if self.sparsity is not None:
+            extras.append(
+                f"sparse training (group-norm strength {spec.sparse_training:g}) in epochs "
+                f"{self.sparsity.start_epoch}..{self.sparsity.end_epoch}"
+            )
+        if spec.cost_kind:
+            extras.append(f"channels ranked by importance per unit of {spec.cost_kind} cost")
         return (
             f"{self.pruner.prunable_channels} prunable channels; output layers kept: {self.output_layers}; "
             f"pruning to {spec.goal()} over epochs {spec.start_epoch}..{self.end_epoch}"
+            + "".join(f"; {e}" for e in extras)
         )
 
     def describe_budget(self) -> str:
@@ -209,10 +230,16 @@ class ScheduledPruning:
         """Per-layer ratios of ``ratio_overrides`` at schedule value ``fraction``."""
         return {module: ratio * fraction for module, ratio in self.override_layers.items()}
 
+    @property
+    def criterion(self) -> Any:
+        """The importance criterion (inside the cost weighting, if any)."""
+        importance = self.pruner.importance
+        return importance.base if isinstance(importance, CostAwareImportance) else importance
+
     # -- gradients for gradient criteria (taylor) ---------------------------------------------------
     @property
     def needs_gradients(self) -> bool:
-        return needs_gradients(self.pruner.importance)
+        return needs_gradients(self.criterion)
 
     def add_gradients(self, parameters: Sequence[nn.Parameter]) -> None:
         """Add the current gradients to the sums a gradient criterion scores with."""
@@ -221,6 +248,19 @@ class ScheduledPruning:
                 total = self.grad_sums.get(param)
                 grad = param.grad.detach()
                 self.grad_sums[param] = grad.clone() if total is None else total.add_(grad)
+
+    # -- sparse training and channel costs -----------------------------------------------------------
+    def regularize(self, epoch: int) -> bool:
+        """Add the sparse-training gradient if ``epoch`` is in its window (after backward, before the
+        optimizer step; every rank, the gradients being the same); returns whether it applied."""
+        return self.sparsity is not None and self.sparsity.apply(epoch)
+
+    def measure_costs(self) -> None:
+        """Re-measure the channel costs the ranking divides by (with ``channel_cost``), at the current widths,
+        on the inputs' device; a no-op without."""
+        if self.cost_aware is not None and self.chooses:
+            assert self.spec.cost_kind is not None
+            self.cost_aware.costs = measure_costs(self.model, self.inputs, self.spec.cost_kind)
 
     # -- pruning ------------------------------------------------------------------------------------
     def on_epoch_end(
@@ -275,6 +315,7 @@ class ScheduledPruning:
         """
         pruner = self.pruner
         pruner.aim_heads(fraction)  # whole attention heads, if asked, on the schedule
+        self.measure_costs()
         snapshot = Snapshot.take(pruner, list(optimizers))
         done = len(pruner.history())
         try:
@@ -292,6 +333,9 @@ class ScheduledPruning:
                 raise
             check = forward_check(self.inputs, self.output_shapes)
             raise step_error(pruner, history, err, where or f"ratio {target:.1%}", check) from err
+        finally:
+            if self.sparsity is not None:
+                self.sparsity.refresh()  # the groups' channels changed (or were rolled back)
 
     def _prune_unchecked(
         self,
@@ -333,14 +377,14 @@ class ScheduledPruning:
     def state_dict(self) -> dict[str, Any]:
         """What continuing needs: the events and the ``random`` criterion's generator."""
         state: dict[str, Any] = {"events": [dict(e) for e in self.events]}
-        if isinstance(self.pruner.importance, SeededRandomImportance):
-            state["random_state"] = self.pruner.importance.generator.get_state()
+        if isinstance(self.criterion, SeededRandomImportance):
+            state["random_state"] = self.criterion.generator.get_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.events = [dict(e) for e in state.get("events", [])]
-        if state.get("random_state") is not None and isinstance(self.pruner.importance, SeededRandomImportance):
-            self.pruner.importance.generator.set_state(state["random_state"])
+        if state.get("random_state") is not None and isinstance(self.criterion, SeededRandomImportance):
+            self.criterion.generator.set_state(state["random_state"])
 
 
 def describe_left_out(left_out: Sequence[LeftOut]) -> str:

@@ -28,12 +28,20 @@ from .schedules import SCHEDULES, Schedule
 from .sparsity import SPARSITY_CRITERIA, Criterion, parse_granularity
 
 CONTEXTS = ("global", "local")
+CHANNEL_COSTS = ("auto", "none", "latency", "macs_memory")
 OPTIMIZER_STATES = ("slice", "reset")
 
 
 def _app(kind: Any) -> dict[str, Any]:
     """Field metadata: the field is a top-level key of the Hydra app, of OmegaConf type ``kind``."""
     return {"app": kind}
+
+
+SPARSE_CRITERIA = ("l2", "l1")  # criteria that rank by the group norms sparse training shapes
+
+
+def criterion_label(criterion: object) -> str:
+    return repr(criterion) if isinstance(criterion, str) else type(criterion).__name__
 
 
 def _number(value: object) -> bool:
@@ -116,12 +124,30 @@ def schedule_warnings(spec: PruningSpec, end_epoch: int, max_epochs: int | None)
     """
     if not spec.prunes_anything:
         return ["ratio=0 with no ratio_overrides or budget prunes nothing"]
+    found = []
+    if spec.sparse_training > 0:
+        sparse_end = end_epoch if spec.sparse_end_epoch is None else spec.sparse_end_epoch
+        if max_epochs is not None and spec.sparse_start_epoch >= max_epochs:
+            found.append(
+                f"sparse_start_epoch={spec.sparse_start_epoch} is at or past max_epochs={max_epochs}, so sparse "
+                "training never applies"
+            )
+        elif sparse_end < spec.sparse_start_epoch:
+            found.append(
+                f"sparse training would run in epochs {spec.sparse_start_epoch}..{sparse_end} (its default end is "
+                f"the last pruning epoch, {end_epoch}), so it never applies; set sparse_end_epoch"
+            )
+        if spec.criterion not in SPARSE_CRITERIA:
+            found.append(
+                f"sparse_training drives weak channel groups' L2 norms to zero, but pruning ranks by criterion="
+                f"{criterion_label(spec.criterion)}; criterion='l2' ranks by the norms it produced"
+            )
     if max_epochs is not None and end_epoch == max_epochs - 1:
-        return [
+        return found + [
             f"the last prune happens at the end of the last epoch ({end_epoch}), so the pruned model is not "
             f"fine-tuned; set end_epoch <= {max_epochs - 2} or train longer"
         ]
-    return []
+    return found
 
 
 @dataclass
@@ -150,11 +176,17 @@ class PruningSpec:
     on_unsafe: str = field(default="ignore", metadata=_app(str))
     graph_build_warn_s: float = field(default=60.0, metadata=_app(float))
     optimizer_state: str = field(default="slice", metadata=_app(str))
+    sparse_training: float = field(default=0.0, metadata=_app(float))
+    sparse_start_epoch: int = field(default=0, metadata=_app(int))
+    sparse_end_epoch: int | None = field(default=None, metadata=_app(int | None))
+    channel_cost: str = field(default="auto", metadata=_app(str))
 
     def __post_init__(self) -> None:
         self._check_choices()
         self._check_numbers()
         self._check_budget()
+        self._check_sparse_training()
+        self._check_channel_cost()
         if self.ratio_overrides is not None and not isinstance(self.ratio_overrides, Mapping):
             raise _invalid("ratio_overrides", self.ratio_overrides, "map module-name patterns to ratios")
         for pattern, value in (self.ratio_overrides or {}).items():
@@ -212,7 +244,38 @@ class PruningSpec:
                 f"{self.target}; got budget=None"
             )
 
+    def _check_sparse_training(self) -> None:
+        if not _number(self.sparse_training) or self.sparse_training < 0:
+            raise _invalid("sparse_training", self.sparse_training, "be a regularisation strength >= 0 (0: off)")
+        self.sparse_training = float(self.sparse_training)
+        if not _integer(self.sparse_start_epoch) or self.sparse_start_epoch < 0:
+            raise _invalid("sparse_start_epoch", self.sparse_start_epoch, "be an integer >= 0")
+        if self.sparse_end_epoch is not None and (
+            not _integer(self.sparse_end_epoch) or self.sparse_end_epoch < self.sparse_start_epoch
+        ):
+            raise _invalid(
+                "sparse_end_epoch", self.sparse_end_epoch, f"be None or an integer >= sparse_start_epoch "
+                f"({self.sparse_start_epoch})"
+            )
+
+    def _check_channel_cost(self) -> None:
+        if self.channel_cost not in CHANNEL_COSTS:
+            raise ValueError(f"channel_cost={self.channel_cost!r} is unknown; choose one of {list(CHANNEL_COSTS)}")
+        if self.cost_kind is not None and self.context != "global":
+            raise ValueError(
+                f"channel_cost={self.channel_cost!r} needs context='global': it re-ranks channels ACROSS layers "
+                f"by their cost, and context={self.context!r} prunes every layer by the same ratio"
+            )
+
     # -- derived ----------------------------------------------------------------------------------
+    @property
+    def cost_kind(self) -> str | None:
+        """The channel cost the ranking divides by (:mod:`.cost`), or None: ``"auto"`` is ``"latency"`` for a
+        latency budget (``context="global"``) and off otherwise."""
+        if self.channel_cost == "auto":
+            return "latency" if self.target == "latency" and self.context == "global" else None
+        return None if self.channel_cost == "none" else self.channel_cost
+
     @property
     def by_fraction(self) -> bool:
         """Whether progress is the schedule's value rather than a channel ratio (budgets, overrides)."""

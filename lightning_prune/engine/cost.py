@@ -1,0 +1,177 @@
+"""Channel costs: what removing one channel of a layer saves, so that ranking can weigh importance by cost.
+
+torch-pruning ranks channels by importance alone: with a global ranking, a channel of a late, small-map layer
+and one of an early, large-map layer are equal if their scores are, although the second costs far more time.
+:class:`CostAwareImportance` divides every group's scores by what removing one of its channels saves (the sum
+over the group's layers, input side or output side), so that at a given budget the channels that cost most
+per unit of importance go first. Two costs:
+
+- ``"latency"``: each layer's forward time, timed with hooks on the model's own device (median of
+  :data:`REPEATS` passes at batch :data:`COST_BATCH`), split evenly over its channels;
+- ``"macs_memory"``: a model, ``MACs + MEMORY_MACS_PER_ELEMENT * activation elements``, split over channels.
+
+Costs are re-measured before every prune (widths change); only a global ranking is affected (a local one
+prunes every layer by the same ratio, whatever the cost).
+
+>>> import torch
+>>> from torch import nn
+>>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+>>> costs = measure_costs(net, torch.zeros(1, 3, 8, 8), "macs_memory")
+>>> costs[net[0]].out == (3 * 9 * 64 + MEMORY_MACS_PER_ELEMENT * 64)   # MACs + memory of one output channel
+True
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import compat
+from .criteria import Importance
+from .hf import is_conv1d
+from .inputs import map_tensors, output_tensors
+from .pruner import call_unpacked
+
+COST_KINDS = ("latency", "macs_memory")
+# One activation element moved costs about this many multiply-accumulates: a CPU core retires ~16 fp32 MACs
+# per cycle (two 8-wide FMA units) and streams about one fp32 value per cycle from memory.
+MEMORY_MACS_PER_ELEMENT = 16.0
+COST_BATCH = 32  # timing batch for "latency" (one sample is dominated by per-call overhead)
+REPEATS = 5
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """What removing ONE channel of a layer saves: an output channel (``out``) or an input channel (``in_``)."""
+
+    out: float
+    in_: float
+
+
+def _widths(module: nn.Module) -> tuple[int, int] | None:
+    """(output channels, input channels) of a costed layer, None for others."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels, module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.GroupNorm):
+        width = module.num_channels if isinstance(module, nn.GroupNorm) else (
+            module.num_features if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            else module.normalized_shape[-1])  # fmt: skip
+        return width, width
+    if is_conv1d(module):  # transformers' Conv1D: weight (in, out)
+        return module.weight.shape[1], module.weight.shape[0]
+    return None
+
+
+def _macs(module: nn.Module, out_elements: int) -> float:
+    """Multiply-accumulates of one pass from the layer's output size (weights: out x fan-in)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return float(out_elements * module.weight[0].numel()) if not module.transposed else float(
+            out_elements * module.weight.shape[0] // module.groups * module.weight[0, 0].numel())
+    if isinstance(module, nn.Linear):
+        return float(out_elements * module.in_features)
+    if is_conv1d(module):
+        return float(out_elements * module.weight.shape[0])
+    return 0.0
+
+
+def _batched(inputs: Any, n: int) -> Any:
+    return map_tensors(lambda t: t.expand(n, *t.shape[1:]).contiguous() if t.dim() > 0 else t, inputs)
+
+
+def _sync(tensors: list[torch.Tensor]) -> None:
+    if tensors and tensors[0].is_cuda:
+        torch.cuda.synchronize(tensors[0].device)
+
+
+@torch.inference_mode()
+def measure_costs(
+    model: nn.Module, inputs: Any, kind: str, clock: Callable[[], float] = time.perf_counter
+) -> dict[nn.Module, LayerCost]:
+    """Per-channel cost of every conv, linear and norm layer of ``model`` on ``inputs`` (one sample), as
+    ``kind`` (:data:`COST_KINDS`) measures it; modes are restored."""
+    if kind not in COST_KINDS:
+        raise ValueError(f"cost kind {kind!r} is unknown; choose one of {list(COST_KINDS)}")
+    layers = {m: w for m in model.modules() if (w := _widths(m)) is not None}
+    sizes: dict[nn.Module, tuple[int, int]] = {}  # per sample: (input elements, output elements)
+    times: dict[nn.Module, list[float]] = {m: [] for m in layers}
+    started: dict[nn.Module, float] = {}
+    batch = COST_BATCH if kind == "latency" else 1
+
+    def before(module: nn.Module, args: tuple) -> None:
+        if kind == "latency":
+            _sync(output_tensors(args))
+            started[module] = clock()
+
+    def after(module: nn.Module, args: tuple, output: Any) -> None:
+        if kind == "latency":
+            _sync(output_tensors(output))
+            times[module].append(clock() - started[module])
+        first_in, first_out = output_tensors(args)[:1], output_tensors(output)[:1]
+        if first_in and first_out:
+            sizes[module] = (first_in[0].numel() // batch, first_out[0].numel() // batch)
+
+    handles = [h for m in layers for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        with compat.preserved_training_modes(model):
+            model.eval()
+            batched = _batched(inputs, batch)
+            for _ in range(1 + (REPEATS if kind == "latency" else 0)):  # the first pass warms up
+                call_unpacked(model, batched)
+    finally:
+        for handle in handles:
+            handle.remove()
+    costs = {}
+    for module, (width_out, width_in) in layers.items():
+        if module not in sizes or not width_out or not width_in:
+            continue
+        in_elements, out_elements = sizes[module]
+        if kind == "latency":
+            seconds = statistics.median(times[module][1:] or times[module])
+            costs[module] = LayerCost(seconds / width_out, seconds / width_in)
+        else:
+            macs = _macs(module, out_elements)
+            costs[module] = LayerCost((macs + MEMORY_MACS_PER_ELEMENT * out_elements) / width_out,
+                                      (macs + MEMORY_MACS_PER_ELEMENT * in_elements) / width_in)  # fmt: skip
+    return costs
+
+
+class CostAwareImportance(Importance):
+    """``base``'s scores of a group divided by what removing one of the group's channels saves (the costs of
+    :func:`measure_costs`, kept in :attr:`costs`; refresh them before each prune). With no cost known for
+    any of a group's layers its scores pass unchanged.
+
+    >>> from lightning_prune.engine.criteria import get_criterion
+    >>> imp = CostAwareImportance(get_criterion("l2"))
+    >>> type(imp.base).__name__, imp.costs
+    ('GroupMagnitudeImportance', {})
+    """
+
+    def __init__(self, base: Importance, costs: Mapping[nn.Module, LayerCost] | None = None) -> None:
+        self.base = base
+        self.costs: dict[nn.Module, LayerCost] = dict(costs or {})
+
+    def group_cost(self, group: Any) -> float:
+        graph = compat.group_graph(group)
+        total = 0.0
+        for dep, _ in group:
+            cost = self.costs.get(dep.target.module)
+            if cost is not None:
+                out = graph.is_out_channel_pruning_fn(dep.handler) if graph is not None else True
+                total += cost.out if out else cost.in_
+        return total
+
+    def __call__(self, group: Any, **kwargs: Any) -> torch.Tensor | None:
+        scores = self.base(group, **kwargs)
+        cost = self.group_cost(group)
+        if scores is None or cost <= 0:
+            return scores
+        scale = statistics.median(c.out for c in self.costs.values())  # numerics only: ranks are unchanged
+        return scores / (cost / scale)
