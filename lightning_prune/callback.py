@@ -236,7 +236,7 @@ class PruningCallback(SessionCallback):
         self._remove_load_hook()
         if self.session is None:
             return
-        self.session.grad_sums = {}
+        self.session.clear_gradients()
         if self.session.budget is not None:
             self.session.budget.strategy = None
         if stage == "fit" and self.session.events and spawns_ranks(trainer):

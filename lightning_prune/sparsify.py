@@ -50,10 +50,10 @@ class SparsifyCallback(SessionCallback):
         context: ``"local"`` zeroes ``sparsity`` of every layer, ``"global"`` ranks all layers together.
         criterion: ``"magnitude"``, ``"random"`` (seeded) or a callable ``weight -> scores`` (same shape).
         schedule: a name from :data:`lightning_prune.SCHEDULES` or a callable ``p -> fraction``.
-        start_epoch: first epoch at whose end sparsity may grow.
+        start_epoch: first epoch at whose end sparsity may change (grow, or fall back for ``"dsd"``).
         end_epoch: epoch at whose end the full sparsity is reached; default: the trainer's last epoch.
-        lottery_ticket: after each sparsity step, reset the surviving weights to their values at the start
-            of epoch ``rewind_epoch``, and restart their optimizer state.
+        lottery_ticket: after each step where sparsity grows, reset the surviving weights to their values at
+            the start of epoch ``rewind_epoch``, and restart their optimizer state.
         rewind_epoch: the epoch whose starting weights are rewound to (0: the initialisation); at most
             ``start_epoch``.
         example_inputs: inputs to find the output layers and each layer's BatchNorm; default:

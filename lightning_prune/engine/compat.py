@@ -12,6 +12,9 @@ Traps of torch-pruning 1.6 handled elsewhere, through the functions here:
 - pruned layers get NEW ``nn.Parameter`` objects: ``surgery.ParameterTracker`` rebinds the old ones;
 - ``RandomImportance`` draws from the global RNG: ``criteria.SeededRandomImportance``;
 - attribute-held sizes (``num_heads``, ``head_dim``) are not updated: ``attention.sync_attention``.
+- ``GroupHessianImportance.accumulate_grad`` keys its sums by parameter but tests for them by name, so it keeps
+  only the last squared gradient: ``session.ScheduledPruning.add_gradients`` sums them itself and hands the
+  mean to ``.grad``, which the criterion reads as the Hessian diagonal when it accumulated nothing.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Importance criteria: names mapped to torch-pruning importance estimators.
 
-torch-pruning already scores channel groups well, so this module only names its estimators, adds the one
-thing it lacks (a *seeded* random criterion: ``tp.importance.RandomImportance`` draws from the global RNG),
-and says which criteria need gradients.
+torch-pruning already scores channel groups well, so this module mostly names its estimators. It adds what
+torch-pruning lacks: a *seeded* random criterion (``tp.importance.RandomImportance`` draws from the global
+RNG) and fasterai's raw per-filter magnitude (``large_final``, :class:`MeanMagnitudeImportance`); and it says
+which criteria need gradients.
 
 >>> imp = get_criterion("l1")
 >>> type(imp).__name__
@@ -44,14 +45,59 @@ class SeededRandomImportance(Importance):
         return self.scores(len(idxs))
 
 
+class MeanMagnitudeImportance(Importance):
+    """fasterai's ``large_final`` (``p=1``) and ``squared_final`` (``p=2``): the mean of ``|w|^p`` over each
+    output channel's weights in the group's root layer, raw.
+
+    Unlike torch-pruning's magnitude criteria, which average over every layer of the group and divide each
+    group's scores by their mean, nothing is normalised: in global ranking a layer whose filters are small
+    (many inputs, small weights) loses more channels than one whose filters are large, as in fasterai. Only the
+    root's output weights count (its consumers' input columns and BatchNorms do not). A root that is neither a
+    convolution nor a ``Linear`` scores nothing (``None``).
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    >>> with torch.no_grad():
+    ...     _ = net[0].weight.copy_(torch.tensor([[1.0, -3.0], [0.5, 0.5], [-4.0, 0.0]]))
+    >>> graph = tp.DependencyGraph().build_dependency(net, example_inputs=torch.zeros(1, 2))
+    >>> group = graph.get_pruning_group(net[0], tp.prune_linear_out_channels, idxs=[0, 1, 2])
+    >>> MeanMagnitudeImportance()(group).tolist()
+    [2.0, 0.5, 2.0]
+    """
+
+    def __init__(self, p: int = 1) -> None:
+        self.p = p
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs) -> torch.Tensor | None:  # noqa: ANN001 - torch-pruning Group
+        dep, idxs = group[0]
+        layer = getattr(dep, "layer", dep.target.module)  # a Conv1D arrives as its Linear view (GroupScorer)
+        fn = tp.pruner.function
+        if dep.handler not in (fn.prune_conv_out_channels, fn.prune_linear_out_channels) or not isinstance(
+            layer, torch.nn.modules.conv._ConvNd | torch.nn.Linear
+        ):
+            return None
+        weight = layer.weight.detach()
+        if getattr(layer, "transposed", False):  # (in, out / groups, *kernel): one row per output channel
+            g = layer.groups
+            weight = weight.reshape(g, weight.shape[0] // g, weight.shape[1], -1).transpose(1, 2)
+        rows = weight.reshape(layer.out_channels if isinstance(layer, torch.nn.modules.conv._ConvNd)
+                              else layer.out_features, -1)
+        return rows[list(idxs)].abs().pow(self.p).mean(dim=1)
+
+
 CRITERIA: dict[str, Callable[[int], Importance]] = {
     "l1": lambda seed: tp.importance.GroupMagnitudeImportance(p=1),
     "l2": lambda seed: tp.importance.GroupMagnitudeImportance(p=2),
     # first-order Taylor |w * dL/dw|; the callback supplies the gradients (see PruningCallback)
     "taylor": lambda seed: tp.importance.GroupTaylorImportance(),
+    # Optimal Brain Damage w^2 * H, H ~ the mean squared gradient (the session supplies it, see ScheduledPruning)
+    "hessian": lambda seed: tp.importance.GroupHessianImportance(),
     "bn_scale": lambda seed: tp.importance.BNScaleImportance(),
     "lamp": lambda seed: tp.importance.LAMPImportance(p=2),
     "fpgm": lambda seed: tp.importance.FPGMImportance(p=2),
+    # fasterai's magnitude criteria: raw mean |w| (or w^2) per filter of the root layer, no group normalisation
+    "large_final": lambda seed: MeanMagnitudeImportance(p=1),
+    "squared_final": lambda seed: MeanMagnitudeImportance(p=2),
     "random": lambda seed: SeededRandomImportance(seed),
 }
 
@@ -82,6 +128,16 @@ def needs_gradients(importance: Importance) -> bool:
     """
     importance = getattr(importance, "base", importance)  # inside a wrapper (cost.CostAwareImportance)
     return isinstance(importance, tp.importance.GroupTaylorImportance | tp.importance.GroupHessianImportance)
+
+
+def squares_gradients(importance: Importance) -> bool:
+    """Whether ``importance`` reads ``.grad`` as a Hessian diagonal, the mean of the SQUARED gradients
+    (``hessian``), rather than as a gradient sum (``taylor``).
+
+    >>> squares_gradients(get_criterion("hessian")), squares_gradients(get_criterion("taylor"))
+    (True, False)
+    """
+    return isinstance(importance, tp.importance.GroupHessianImportance)
 
 
 class _LinearDep:

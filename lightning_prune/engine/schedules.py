@@ -1,8 +1,12 @@
 """Pruning schedules: pure functions of training progress.
 
 A schedule maps progress ``p`` in ``[0, 1]`` over the pruning epochs to the fraction of the final
-``ratio`` that must be reached at ``p``. Every schedule returns 0 at ``p = 0`` and 1 at ``p = 1`` and is
-non-decreasing, so the removed share of channels never shrinks and the final ratio is always reached.
+``ratio`` that must be reached at ``p``. Every schedule but those in :data:`NON_MONOTONE` returns 0 at
+``p = 0`` and 1 at ``p = 1`` and is non-decreasing, so the removed share of channels never shrinks and the
+final ratio is always reached.
+
+The non-monotone ones (``dsd``, dense-sparse-dense) rise to 1 and fall back to 0: only masks, which can be
+lifted, follow them (``SparsifyCallback``); ``PruningCallback`` removes channels for good and rejects them.
 
 The callback evaluates ``p`` at the end of each pruning epoch with :func:`progress`, so the first pruning
 epoch already has ``p > 0``: ``one_shot`` prunes everything there, the others a first slice.
@@ -94,6 +98,17 @@ def one_cycle(p: float, alpha: float = 14.0, beta: float = 6.0) -> float:
     return (ramp(p) - start) / (1.0 - start)
 
 
+def dsd(p: float) -> float:
+    """Dense-sparse-dense (Han et al., 2017), as fasterai's ``sched_dsd``: a cosine rise to the full target at
+    ``p = 1/2`` and the mirror-image fall back to 0 (dense) at ``p = 1``, i.e. ``(1 - cos(2 pi p)) / 2``.
+    Not monotone: see :data:`NON_MONOTONE`.
+
+    >>> [round(dsd(p), 3) for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    return (1.0 - math.cos(2.0 * math.pi * _check_progress(p))) / 2.0
+
+
 SCHEDULES: dict[str, Callable[..., float]] = {
     "one_shot": one_shot,
     "iterative": iterative,
@@ -101,7 +116,25 @@ SCHEDULES: dict[str, Callable[..., float]] = {
     "linear": linear,
     "cos": cos,
     "one_cycle": one_cycle,
+    "dsd": dsd,
 }
+
+# the named schedules that fall again (to 0 at p = 1): masks can follow them, removed channels cannot
+NON_MONOTONE = frozenset({"dsd"})
+
+
+def is_non_monotone(schedule: str | Schedule) -> bool:
+    """Whether ``schedule`` is one of :data:`NON_MONOTONE`, by name or as the function (bound or not) that
+    :func:`get_schedule` returns for it; any other callable is taken at its word.
+
+    >>> is_non_monotone("dsd"), is_non_monotone(get_schedule("dsd")), is_non_monotone("agp")
+    (True, True, False)
+    """
+    if isinstance(schedule, str):
+        return schedule in NON_MONOTONE
+    while isinstance(schedule, partial):
+        schedule = schedule.func
+    return any(schedule is SCHEDULES[name] for name in NON_MONOTONE)
 
 
 def get_schedule(schedule: str | Schedule, **kwargs: float) -> Schedule:

@@ -1,9 +1,10 @@
 """One fit's scheduled pruning, framework-free: what ``PruningCallback`` dispatches into.
 
 :class:`ScheduledPruning` assembles the pruner for a model (ignored, output and unsafe layers, ratio
-overrides, attention heads), runs the schedule over epochs, sums gradients for gradient criteria, prunes
-with verification and rollback, and keeps the run's progress in ONE place: :attr:`ScheduledPruning.events`,
-one record per prune (what a checkpoint stores; everything else is derived from it).
+overrides, attention heads), runs the schedule over epochs, sums gradients for gradient criteria (squared
+ones for ``hessian``), prunes with verification and rollback, and keeps the run's progress in ONE place:
+:attr:`ScheduledPruning.events`, one record per prune (what a checkpoint stores; everything else is derived
+from it).
 
 Distributed training plugs in through two callables: ``sync(pruner, decide)`` runs ``decide`` on the rank
 that chooses and replays its choice elsewhere, ``after_change()`` runs after parameters were replaced.
@@ -27,7 +28,7 @@ from torch import nn
 
 from .budget import BudgetSearch, BudgetTracker, intermediate_budget, resolve_ratio_overrides
 from .cost import CostAwareImportance, measure_costs
-from .criteria import SeededRandomImportance, get_criterion, needs_gradients
+from .criteria import SeededRandomImportance, get_criterion, needs_gradients, squares_gradients
 from .hf import conv1d_types
 from .inputs import shapes, to_device, untraceable_error
 from .regularize import GroupSparsity
@@ -75,7 +76,10 @@ class ScheduledPruning:
         self.schedule = get_schedule(spec.schedule)
         self.inputs = example_inputs  # the one copy; move_inputs() follows the model to its device
         self.events: list[dict[str, Any]] = []  # progress: one record per prune (checkpointed)
+        # gradient criteria: per parameter, the sum of its gradients (taylor) or squared gradients (hessian)
+        # over the optimizer steps of a pruning epoch, and how many steps it had a gradient in
         self.grad_sums: dict[nn.Parameter, torch.Tensor] = {}
+        self.grad_counts: dict[nn.Parameter, int] = {}
         self.budget: BudgetTracker | None = None
         self.chooses = True  # this process chooses the channels (rank 0 under DDP): it sums gradients
         matched = match_layer_patterns(model, spec.ignored_layers)
@@ -236,18 +240,36 @@ class ScheduledPruning:
         importance = self.pruner.importance
         return importance.base if isinstance(importance, CostAwareImportance) else importance
 
-    # -- gradients for gradient criteria (taylor) ---------------------------------------------------
+    # -- gradients for gradient criteria (taylor, hessian) ------------------------------------------
     @property
     def needs_gradients(self) -> bool:
         return needs_gradients(self.criterion)
 
     def add_gradients(self, parameters: Sequence[nn.Parameter]) -> None:
-        """Add the current gradients to the sums a gradient criterion scores with."""
+        """Add the current gradients (squared for ``hessian``) to the sums a gradient criterion scores with.
+
+        ``hessian`` keeps its own sums rather than ``GroupHessianImportance.accumulate_grad``, which keeps
+        only the last step's squared gradient (see :mod:`lightning_prune.engine.compat`).
+        """
+        square = squares_gradients(self.criterion)
         for param in parameters:
             if param.grad is not None:
                 total = self.grad_sums.get(param)
                 grad = param.grad.detach()
+                grad = grad.square() if square else grad
                 self.grad_sums[param] = grad.clone() if total is None else total.add_(grad)
+                self.grad_counts[param] = self.grad_counts.get(param, 0) + 1
+
+    def clear_gradients(self) -> None:
+        """Drop the gradient sums (after each prune, and when the fit ends)."""
+        self.grad_sums, self.grad_counts = {}, {}
+
+    def scoring_gradients(self) -> dict[nn.Parameter, torch.Tensor]:
+        """What ``.grad`` holds while a gradient criterion scores: the gradient sums (``taylor``), or the
+        mean squared gradients, the Hessian diagonal ``GroupHessianImportance`` reads (``hessian``)."""
+        if not squares_gradients(self.criterion):
+            return dict(self.grad_sums)
+        return {param: total / self.grad_counts[param] for param, total in self.grad_sums.items()}
 
     # -- sparse training and channel costs -----------------------------------------------------------
     def regularize(self, epoch: int) -> bool:
@@ -358,14 +380,15 @@ class ScheduledPruning:
 
         gradient_based = self.needs_gradients and self.chooses
         if gradient_based:
+            grads = self.scoring_gradients()
             for param in self.model.parameters():
-                param.grad = self.grad_sums.get(param, torch.zeros_like(param))
+                param.grad = grads.get(param, torch.zeros_like(param))
         try:
             step, search = sync(pruner, decide)
             if tracker is not None:
                 tracker.last_search = search
         finally:
-            self.grad_sums = {}
+            self.clear_gradients()
             if gradient_based:
                 for param in self.model.parameters():
                     param.grad = None

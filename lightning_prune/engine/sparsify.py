@@ -1,8 +1,8 @@
 """One fit's scheduled sparsity, framework-free: what ``SparsifyCallback`` dispatches into.
 
 :class:`ScheduledSparsity` picks the layers to sparsify (convolutions and ``Linear`` layers, less ignored
-and output layers), grows their masks on the schedule (:func:`~lightning_prune.engine.sparsity.compute_masks`),
-and keeps the masks on the model through ``torch.nn.utils.prune``:
+and output layers), grows their masks on the schedule (:func:`~lightning_prune.engine.sparsity.compute_masks`;
+lifted where it falls), and keeps the masks on the model through ``torch.nn.utils.prune``:
 
 - the first mask of a tensor is applied with ``prune.custom_from_mask`` (``weight`` becomes ``weight_orig``
   times the buffer ``weight_mask``; the ``nn.Parameter`` object, which the optimizer holds, is kept); later
@@ -13,6 +13,10 @@ and keeps the masks on the model through ``torch.nn.utils.prune``:
   ``load_state_dict`` takes them: a checkpoint loads into a fresh, unmasked module; the masks themselves
   travel in :meth:`state_dict` and are put back by :meth:`restore`;
 - :meth:`make_permanent` calls ``prune.remove``: plain parameters again, zeros in place.
+
+When the schedule falls (``dsd``, dense-sparse-dense), the masks are lifted to the lower sparsity
+(:func:`~lightning_prune.engine.sparsity.lift_masks`): pruned weights come back from zero and train again,
+kept ones stay kept.
 
 With ``"filter"`` granularity a zeroed filter takes its bias and the weight and bias of the BatchNorm that
 reads its output with it, so that the channel's output is exactly zero. With ``lottery_ticket=True`` the
@@ -50,6 +54,7 @@ from .sparsity import (
     SparsityRow,
     compute_masks,
     fits,
+    lift_masks,
     output_channel_mask,
     parse_granularity,
     sparsity_rows,
@@ -227,8 +232,8 @@ class ScheduledSparsity:
         return float(self.events[-1]["target"]) if self.events else 0.0
 
     def prunes_at(self, epoch: int) -> bool:
-        """Whether the schedule grows at the end of ``epoch``."""
-        return self.scheduled_sparsity(epoch) > self.target + 1e-12
+        """Whether the scheduled sparsity changes at the end of ``epoch`` (grows, or falls: ``dsd``)."""
+        return abs(self.scheduled_sparsity(epoch) - self.target) > 1e-12
 
     # -- tensors --------------------------------------------------------------------------------------
     def _tensor(self, param_name: str) -> tuple[nn.Module, str]:
@@ -256,12 +261,20 @@ class ScheduledSparsity:
 
     # -- masks ----------------------------------------------------------------------------------------
     def decide(self, sparsity: float) -> Masks:
-        """The masks of every sparsified tensor for ``sparsity`` (on the CPU); the model is not touched."""
-        weights = {name: self.effective(f"{name}.weight") for name in self.layers}
+        """The masks of every sparsified tensor for ``sparsity`` (on the CPU); the model is not touched.
+
+        Above the last step's target the masks grow (:func:`~lightning_prune.engine.sparsity.compute_masks`,
+        what was zeroed stays zeroed); below it they are lifted
+        (:func:`~lightning_prune.engine.sparsity.lift_masks`, what was kept stays kept).
+        """
         previous = {name: self.masks[f"{name}.weight"] for name in self.layers if f"{name}.weight" in self.masks}
-        masks = compute_masks(
-            weights, sparsity, self.granularity, self.spec.context, self.spec.criterion, previous, self.generator
-        )
+        if sparsity < self.target and previous:
+            masks = lift_masks(previous, sparsity / self.target, self.granularity, self.generator)
+        else:
+            weights = {name: self.effective(f"{name}.weight") for name in self.layers}
+            masks = compute_masks(
+                weights, sparsity, self.granularity, self.spec.context, self.spec.criterion, previous, self.generator
+            )
         result: Masks = {}
         for name, mask in masks.items():
             result[f"{name}.weight"] = mask.cpu()
@@ -361,15 +374,19 @@ class ScheduledSparsity:
     def on_epoch_end(
         self, epoch: int, optimizers: Sequence[torch.optim.Optimizer] = (), sync: Sync = _single_process
     ) -> dict[str, Any] | None:
-        """Grow the masks as the schedule asks after ``epoch``; returns the event recorded (None when nothing
-        is due): the epoch, the target and the ``sparsify/*`` metrics."""
+        """Grow (or, for a falling schedule, lift) the masks as the schedule asks after ``epoch``; returns the
+        event recorded (None when nothing is due): the epoch, the target and the ``sparsify/*`` metrics.
+
+        With ``lottery_ticket`` only a growing step rewinds: a falling one brings weights back from zero and
+        leaves the others as trained (rewinding there would throw the sparse phase's training away)."""
         if not self.prunes_at(epoch):
             return None
         target = self.scheduled_sparsity(epoch)
+        grows = target > self.target
         self.set_masks(sync(lambda: self.decide(target)))
-        if self.spec.lottery_ticket:
+        if self.spec.lottery_ticket and grows:
             self.rewind(optimizers)
-        overall = self.rows()[-1]
+        overall = self.rows(by_mask=True)[-1]
         event = {
             "epoch": epoch,
             "target": target,
@@ -381,11 +398,15 @@ class ScheduledSparsity:
         self.events.append(event)
         return event
 
-    def rows(self) -> list[SparsityRow]:
-        """The per-layer sparsity report of the sparsified layers' weights, and the overall row."""
-        return sparsity_rows(
-            {name: (type(m).__name__, self.effective(f"{name}.weight")) for name, m in self.layers.items()}
-        )
+    def rows(self, by_mask: bool = False) -> list[SparsityRow]:
+        """The per-layer sparsity report of the sparsified layers' weights, and the overall row: the zeros of
+        the weights, or with ``by_mask`` the entries the masks zero (what a step's event reports: weights a
+        falling schedule brought back are still zero until they train)."""
+        def tensor(name: str) -> torch.Tensor:
+            mask = self.masks.get(f"{name}.weight")
+            return mask.float() if by_mask and mask is not None else self.effective(f"{name}.weight")
+
+        return sparsity_rows({name: (type(m).__name__, tensor(name)) for name, m in self.layers.items()})
 
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

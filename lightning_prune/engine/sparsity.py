@@ -14,8 +14,9 @@ A layer's weight is cut into *units*, the pieces that are zeroed together:
 Each unit gets a score, the mean of its weights' scores (``"magnitude"``: ``|w|``; ``"random"``: seeded
 uniform noise; or a callable ``weight -> scores`` of the same shape). With ``context="local"`` every layer
 loses ``round(sparsity * units)`` of its lowest-scoring units; with ``"global"`` the units of all layers
-are ranked together until ``sparsity`` of all their weights is reached. Masks only ever grow: a unit
-pruned before stays pruned, and every layer keeps at least one unit.
+are ranked together until ``sparsity`` of all their weights is reached. As sparsity rises, masks only grow:
+a unit pruned before stays pruned, and every layer keeps at least one unit. When it falls (``dsd``),
+:func:`lift_masks` brings pruned units back, and a kept unit stays kept.
 
 >>> w = torch.tensor([[0.1, -2.0, 0.3, 4.0], [1.0, 0.2, -0.5, 0.05]])
 >>> compute_masks({"fc": w}, 0.5, "2:4", "local")["fc"].int().tolist()
@@ -260,6 +261,37 @@ def compute_masks(
         name: _mask_of(weight, scores[name], layers[name], counts[name], previous.get(name), g)
         for name, weight in weights.items()
     }
+
+
+def lift_masks(
+    masks: Mapping[str, torch.Tensor],
+    share: float,
+    granularity: str | Granularity,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Masks for a FALLING sparsity: of each layer's pruned units, ``round(share * pruned)`` stay pruned and
+    the others come back; kept units stay kept. ``share`` is the new sparsity over the current one, so every
+    layer's sparsity falls by the same factor, ranked locally or globally alike.
+
+    The units that come back are drawn at random (from ``generator``): the weights of a pruned unit are all
+    zero, so no magnitude tells them apart. They come back as zeros and train again.
+
+    >>> mask = torch.tensor([[True, False, False, False, False]])
+    >>> lift_masks({"fc": mask}, 0.5, "weight", torch.Generator().manual_seed(0))["fc"].sum().item()
+    3
+    """
+    g = parse_granularity(granularity)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share={share!r} is invalid; lifting masks keeps a share in [0, 1] of the pruned units")
+    lifted = {}
+    for name, mask in masks.items():
+        units = unit_view(mask.bool(), g).clone()
+        pruned = (units.sum(dim=1) <= g.n if g.is_nm else ~units.any(dim=1)).nonzero().flatten()
+        stay = _round(share * pruned.numel())
+        back = pruned[torch.randperm(pruned.numel(), generator=generator)[stay:].to(pruned.device)]
+        units[back] = True
+        lifted[name] = units.reshape(mask.shape)
+    return lifted
 
 
 def output_channel_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Any
 from .budget import BUDGET_TARGETS, TARGETS
 from .criteria import CRITERIA, Importance
 from .safety import ON_UNSAFE
-from .schedules import SCHEDULES, Schedule
+from .schedules import NON_MONOTONE, SCHEDULES, Schedule, is_non_monotone
 from .sparsity import SPARSITY_CRITERIA, Criterion, parse_granularity
 
 CONTEXTS = ("global", "local")
@@ -208,6 +208,13 @@ class PruningSpec:
         if self.optimizer_state not in OPTIMIZER_STATES:
             raise ValueError(f"optimizer_state={self.optimizer_state!r} is unknown; choose 'slice' or 'reset'")
         check_schedule(self.schedule)
+        if is_non_monotone(self.schedule):
+            name = self.schedule if isinstance(self.schedule, str) else "/".join(sorted(NON_MONOTONE))
+            raise ValueError(
+                f"schedule={name!r} falls back to dense (0) after its peak, but PruningCallback removes channels "
+                "for good: they cannot come back; use SparsifyCallback (masks are lifted when the schedule falls) "
+                "or a non-decreasing schedule"
+            )
         if not isinstance(self.criterion, Importance) and self.criterion not in CRITERIA:
             raise ValueError(
                 f"criterion={self.criterion!r} is unknown; choose one of {sorted(CRITERIA)} "

@@ -41,7 +41,8 @@ def test_every_group_has_the_documented_options():
     assert GROUPS["model"] == ["efficientnet_b0", "mobilenet_v3_small", "resnet18", "resnet20", "resnet34",
                                "resnet50", "resnet56", "small_cnn", "timm"]
     assert GROUPS["schedule"] == ["agp", "cos", "iterative", "linear", "one_cycle", "one_shot"]
-    assert GROUPS["criterion"] == ["bn_scale", "fpgm", "l1", "l2", "lamp", "random", "taylor"]
+    assert GROUPS["criterion"] == ["bn_scale", "fpgm", "hessian", "l1", "l2", "lamp", "large_final", "random",
+                                   "squared_final", "taylor"]
     assert GROUPS["data"] == ["cifar10", "digits", "pets"]
     assert {"default", "cpu", "gpu"} <= set(GROUPS["trainer"])
 

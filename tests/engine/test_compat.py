@@ -60,6 +60,18 @@ def test_trap_random_importance_takes_no_seed():
     assert "seed" not in inspect.signature(tp.importance.RandomImportance.__init__).parameters
 
 
+def test_trap_hessian_accumulate_grad_keeps_only_the_last_squared_gradient():
+    # accumulate_grad keys its sums by parameter but looks them up by name, so every call starts afresh:
+    # ScheduledPruning sums the squared gradients itself (ScheduledPruning.add_gradients)
+    net = nn.Linear(2, 1, bias=False)
+    imp = tp.importance.GroupHessianImportance()
+    for grad in (3.0, 1.0):
+        net.weight.grad = torch.full_like(net.weight, grad)
+        imp.accumulate_grad(net)
+    assert imp._accu_grad[net.weight].tolist() == [[1.0, 1.0]]  # not 3^2 + 1^2 = 10
+    assert imp._counter[net.weight] == 1  # not 2
+
+
 def test_trap_attention_attributes_are_not_updated():
     class Attention(nn.Module):
         def __init__(self) -> None:

@@ -3,9 +3,12 @@ import math
 import pytest
 
 from lightning_prune.engine.schedules import (
+    NON_MONOTONE,
     SCHEDULES,
     agp,
+    dsd,
     get_schedule,
+    is_non_monotone,
     iterative,
     one_shot,
     progress,
@@ -15,7 +18,7 @@ from lightning_prune.engine.schedules import (
 GRID = [i / 200 for i in range(201)]
 
 
-@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("name", sorted(set(SCHEDULES) - NON_MONOTONE))
 def test_every_schedule_starts_at_zero_ends_at_one_and_is_monotone(name):
     schedule = get_schedule(name)
     values = [schedule(p) for p in GRID]
@@ -80,3 +83,25 @@ def test_scheduled_ratio_is_measured_against_the_original_and_never_compounds():
 def test_a_schedule_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="values in \\[0, 1\\]"):
         scheduled_ratio(0, 0.5, lambda p: 2.0, 0, 1)
+
+
+def test_dsd_rises_to_the_target_at_half_way_and_falls_back_to_dense_like_fasterai():
+    def sched_dsd(pos: float) -> float:  # fasterai 0.4.1's sched_dsd with start=0, end=1
+        if pos < 0.5:
+            return (1 + math.cos(math.pi * (1 - pos * 2))) / 2
+        return 1 + (1 - math.cos(math.pi * (1 - pos * 2))) * -1 / 2
+
+    values = [dsd(p) for p in GRID]
+    assert values == pytest.approx([sched_dsd(p) for p in GRID], abs=1e-12)
+    assert values[0] == 0.0 and values[100] == 1.0 and values[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(b >= a for a, b in zip(values[:101], values[1:101]))  # up to p = 1/2
+    assert all(b <= a for a, b in zip(values[100:], values[101:]))  # then down
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert get_schedule("dsd") is dsd
+
+
+def test_only_the_named_falling_schedules_are_non_monotone():
+    assert NON_MONOTONE == {"dsd"} and NON_MONOTONE <= set(SCHEDULES)
+    assert is_non_monotone("dsd") and is_non_monotone(dsd) and is_non_monotone(get_schedule(dsd, alpha=None))
+    assert not any(is_non_monotone(n) or is_non_monotone(SCHEDULES[n]) for n in set(SCHEDULES) - NON_MONOTONE)
+    assert not is_non_monotone(lambda p: 1 - p)  # a callable is taken at its word

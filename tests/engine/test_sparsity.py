@@ -15,7 +15,7 @@ from lightning_prune.engine import compact as compact_module
 from lightning_prune.engine.compact import compact, zero_channels
 from lightning_prune.engine.semi_structured import check_semi_structured, to_semi_structured
 from lightning_prune.engine.sparsify import ScheduledSparsity, is_masked, remove_masks
-from lightning_prune.engine.sparsity import compute_masks, nm_pattern_holds
+from lightning_prune.engine.sparsity import compute_masks, lift_masks, nm_pattern_holds, parse_granularity, unit_view
 from lightning_prune.engine.spec import SparsifySpec
 
 
@@ -65,6 +65,68 @@ def test_masks_only_grow_from_step_to_step(granularity, context):
         # the weights change between steps (training): a pruned unit must not come back
         w = {n: t + 0.5 * torch.randn_like(t) for n, t in w.items()}
         previous = masks
+
+
+@pytest.mark.parametrize("granularity", ["weight", "kernel", "filter", "2:4"])
+def test_lifted_masks_keep_what_was_kept_and_bring_back_the_asked_share_of_pruned_units(granularity):
+    g = parse_granularity(granularity)
+    masks = compute_masks(weights(), 0.5, granularity, "global")
+
+    def pruned(mask: torch.Tensor) -> torch.Tensor:
+        units = unit_view(mask, g)
+        return units.sum(dim=1) <= g.n if g.is_nm else ~units.any(dim=1)
+
+    lifted = lift_masks(masks, 0.4, granularity, torch.Generator().manual_seed(0))
+    for name, mask in masks.items():
+        assert torch.all(lifted[name] >= mask), name  # kept stays kept
+        assert int(pruned(lifted[name]).sum()) == math.floor(0.4 * int(pruned(mask).sum()) + 0.5), name
+        still = pruned(lifted[name])
+        if g.is_nm:  # a group still pruned keeps its pattern; one that came back is whole
+            units, before = unit_view(lifted[name], g), unit_view(mask, g)
+            assert torch.equal(units[still], before[still]) and bool(units[~still].all())
+    again = lift_masks(masks, 0.4, granularity, torch.Generator().manual_seed(0))
+    assert all(torch.equal(again[n], lifted[n]) for n in masks)  # seeded
+    assert all(bool(m.all()) for m in lift_masks(masks, 0.0, granularity).values())  # dense again
+    with pytest.raises(ValueError, match="share=1.5 is invalid"):
+        lift_masks(masks, 1.5, granularity)
+
+
+@pytest.mark.parametrize("context", ["local", "global"])
+def test_a_dsd_schedule_grows_then_lifts_the_masks_and_ends_dense(context):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+    spec = SparsifySpec(sparsity=0.6, schedule="dsd", context=context, end_epoch=3)
+    session = ScheduledSparsity(net, torch.zeros(1, 3, 5, 5), spec, end_epoch=3)
+    total = sum(net[i].weight.numel() for i in (0, 2))
+    seen, masks = [], []
+    for epoch in range(5):  # progress .25, .5, .75, 1 then done: dsd = .5, 1, .5, 0, (0)
+        event = session.on_epoch_end(epoch)
+        seen.append(None if event is None else round(event["sparsify/target"], 6))
+        zeros = sum(int((~session.masks[f"{i}.weight"]).sum()) for i in (0, 2))
+        assert abs(zeros / total - 0.6 * [0.5, 1.0, 0.5, 0.0, 0.0][epoch]) < 0.02, epoch
+        if event is not None:  # the event reports the masks (weights brought back are zero until they train)
+            assert event["sparsify/sparsity"] == pytest.approx(zeros / total)
+        masks.append(dict(session.masks))
+    assert seen == [0.3, 0.6, 0.3, 0.0, None]  # the falling steps are not skipped; nothing is due after
+    for name in masks[1]:
+        assert torch.all(masks[2][name] >= masks[1][name])  # lifting keeps what was kept
+    assert all(bool(m.all()) for m in session.masks.values())  # the schedule's final value: dense
+
+
+def test_with_lottery_ticket_only_a_growing_step_rewinds():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 9, 2))
+    spec = SparsifySpec(sparsity=0.5, schedule="dsd", end_epoch=1, lottery_ticket=True, prune_output_layers=False)
+    session = ScheduledSparsity(net, torch.zeros(1, 3, 5, 5), spec, end_epoch=1)
+    session.on_epoch_start(0)
+    saved = session.rewind_state["0.weight"].clone()
+    session.on_epoch_end(0)  # grows to .5: rewound to the saved weights, times the mask
+    assert torch.equal(session.effective("0.weight"), saved * session.masks["0.weight"])
+    with torch.no_grad():
+        session.param("0.weight").add_(1.0)  # training moves the kept weights
+        session.reapply()
+    trained = session.effective("0.weight")
+    session.on_epoch_end(1)  # falls to 0: lifted, not rewound
+    assert bool(session.masks["0.weight"].all())
+    assert torch.equal(session.effective("0.weight"), trained)  # the revived weights start at zero
 
 
 @pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (4, 8)])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from functools import partial
 
 import pytest
 
 from lightning_prune import PruningCallback, PruningSpec
-from lightning_prune.engine.spec import app_fields
+from lightning_prune.engine.schedules import dsd, get_schedule
+from lightning_prune.engine.spec import SparsifySpec, app_fields
 
 
 def test_the_callback_signature_is_the_spec():
@@ -58,3 +60,13 @@ def test_the_app_exposes_every_plain_field_with_its_default():
 def test_a_setting_that_prunes_nothing_is_flagged():
     assert not PruningSpec(ratio=0.0).prunes_anything
     assert PruningSpec(ratio=0.0, ratio_overrides={"x": 0.5}).prunes_anything
+
+
+@pytest.mark.parametrize("schedule", ["dsd", get_schedule("dsd"), partial(dsd)])
+def test_a_schedule_that_falls_back_to_dense_is_rejected_for_pruning_and_taken_for_sparsity(schedule):
+    with pytest.raises(ValueError, match=r"schedule='dsd' falls back to dense .* channels .* cannot come back; "
+                                         r"use SparsifyCallback"):
+        PruningSpec(schedule=schedule)
+    with pytest.raises(ValueError, match="use SparsifyCallback"):
+        PruningCallback(schedule=schedule)
+    assert SparsifySpec(schedule=schedule).schedule is schedule

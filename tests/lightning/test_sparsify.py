@@ -20,7 +20,7 @@ from torch import nn
 from lightning_prune import SparsifyCallback, SparsifySpec, compact
 from lightning_prune.app.module import ClassifierModule
 from lightning_prune.checkpoint import load_checkpoint
-from lightning_prune.engine.schedules import get_schedule, scheduled_ratio
+from lightning_prune.engine.schedules import dsd, get_schedule, scheduled_ratio
 from lightning_prune.engine.sparsify import is_masked
 from lightning_prune.engine.sparsity import nm_pattern_holds
 
@@ -248,6 +248,28 @@ def test_lottery_ticket_rewinds_the_surviving_weights_to_their_saved_values():
     # the saved weights are the callback's, in its checkpointed state
     state = callback.state_dict()
     assert torch.equal(state["rewind"][f"{LAYERS[0]}.weight"], saved[LAYERS[0]])
+
+
+@pytest.mark.parametrize("granularity", ["weight", "filter"])
+def test_dsd_sparsity_rises_then_falls_and_the_fit_ends_at_its_final_value(granularity):
+    module, probe = classifier(), Probe()
+    callback = SparsifyCallback(0.6, granularity=granularity, schedule="dsd", start_epoch=0, end_epoch=3,
+                               verbose=False, make_permanent=False)
+    fit(module, [callback, probe], epochs=5)
+    total = sum(module.get_submodule(n).weight_mask.numel() for n in LAYERS)
+    want = [0.6 * dsd(p) for p in (0.25, 0.5, 0.75, 1.0)]  # .3, .6, .3, 0
+    assert [e["epoch"] for e in callback.events] == [0, 1, 2, 3]  # the falling steps too; epoch 4 is dense
+    assert [e["sparsify/target"] for e in callback.events] == pytest.approx(want)
+    masked = [sum(int((~masks[n]).sum()) for n in LAYERS) / total for masks in probe.masks]
+    assert masked == pytest.approx([*want, 0.0], abs=0.03)  # per epoch: up, then down, then dense
+    assert [e["sparsify/sparsity"] for e in callback.events] == pytest.approx(masked[:4])
+    for name in LAYERS:
+        assert torch.all(probe.masks[2][name] >= probe.masks[1][name])  # lifting keeps what was kept
+        assert bool(module.get_submodule(name).weight_mask.all())  # the final value, 0: dense
+    # the weights brought back at epoch 2 trained from zero during epoch 3
+    back = {n: probe.masks[2][n] & ~probe.masks[1][n] for n in LAYERS}
+    assert all(bool((probe.weights[2][n][back[n]] == 0).all()) for n in LAYERS)
+    assert any(bool((probe.weights[3][n][back[n]] != 0).any()) for n in LAYERS)
 
 
 def test_metrics_reach_the_loggers_and_the_report_has_every_layer_and_an_overall_row(tmp_path):
