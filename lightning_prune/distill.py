@@ -210,6 +210,14 @@ class DistillationCallback(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()  # Lightning calls no teardown after an exception
+
+    def _restore(self) -> None:
+        """The module as it was before the fit: no hook, its own ``training_step``."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
