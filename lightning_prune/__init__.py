@@ -4,7 +4,7 @@ The package has three layers, each importing only the ones above it:
 
 - :mod:`lightning_prune.engine`: the pruning engine, on torch and torch-pruning only (no Lightning);
 - the Lightning layer: :mod:`~lightning_prune.callback`, :mod:`~lightning_prune.sparsify`,
-  :mod:`~lightning_prune.checkpoint`, :mod:`~lightning_prune.distributed`;
+  :mod:`~lightning_prune.distill`, :mod:`~lightning_prune.checkpoint`, :mod:`~lightning_prune.distributed`;
 - :mod:`lightning_prune.app`: the example Hydra app (``pip install "lightning-prune[app]"``), never imported here.
 
 >>> from lightning_prune import PruningCallback
@@ -20,6 +20,7 @@ from typing import Any
 _EXPORTS = {
     "PruningCallback": ".callback",
     "SparsifyCallback": ".sparsify",
+    "DistillationCallback": ".distill",
     "PrunedCheckpointMixin": ".checkpoint",
     "restore_pruned": ".checkpoint",
     "CRITERIA": ".engine.criteria",
@@ -34,6 +35,7 @@ _EXPORTS = {
     "get_schedule": ".engine.schedules",
     "PruningSpec": ".engine.spec",
     "SparsifySpec": ".engine.spec",
+    "DistillSpec": ".engine.spec",
     "compute_masks": ".engine.sparsity",
     "render_sparsity_report": ".engine.sparsity",
     "compact": ".engine.compact",
@@ -61,6 +63,8 @@ __all__ = [
     "CRITERIA",
     "SCHEDULES",
     "ChannelPruner",
+    "DistillSpec",
+    "DistillationCallback",
     "LayerRow",
     "ParameterChange",
     "ParameterTracker",

@@ -6,6 +6,7 @@ attribute it reads or writes and why there is no public way.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning.pytorch as pl
@@ -48,3 +49,14 @@ def reset_static_graph_delay(strategy: Any) -> None:
     hook registration once (``_pl_static_graph_delay_done``); the new wrapper needs that delay again."""
     if hasattr(strategy, "_pl_static_graph_delay_done"):
         strategy._pl_static_graph_delay_done = False
+
+
+def copy_without_trainer(module: Any, trainer: Any) -> Any:
+    """A deep copy of ``module`` that leaves ``trainer`` out (the copy's references to it become ``None``).
+
+    A LightningModule keeps its trainer in the private ``_trainer`` and has no public way to detach from it for a
+    copy; a plain ``copy.deepcopy`` would copy the whole trainer with it (its callbacks, data loaders and
+    loggers). Mapping the trainer to ``None`` in deepcopy's memo names no private attribute and covers every
+    reference to it, a child LightningModule's included.
+    """
+    return copy.deepcopy(module, {id(trainer): None})

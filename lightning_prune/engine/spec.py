@@ -1,5 +1,5 @@
-"""The one specification of each callback's parameters: :class:`PruningSpec` (``PruningCallback``) and
-:class:`SparsifySpec` (``SparsifyCallback``).
+"""The one specification of each callback's parameters: :class:`PruningSpec` (``PruningCallback``),
+:class:`SparsifySpec` (``SparsifyCallback``) and :class:`DistillSpec` (``DistillationCallback``).
 
 Each field is declared once here, with its default and its check; the checks both callbacks share (schedule,
 context, epochs, layer patterns) are written once, below. A callback validates its arguments by building its
@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from torch import nn
 
 from .budget import BUDGET_TARGETS, TARGETS
 from .criteria import CRITERIA, Importance
@@ -370,6 +372,59 @@ class SparsifySpec:
     def goal(self) -> str:
         """The final goal in words, for logs."""
         return f"{self.sparsity:.0%} of weights zero ({self.granularity})"
+
+
+@dataclass
+class DistillSpec:
+    """How to distil: the arguments of :class:`~lightning_prune.DistillationCallback`, checked.
+
+    See the callback's docstring for the meaning of each field.
+
+    >>> DistillSpec(temperature=2, weight=1).describe()
+    'weight 1 at temperature 2 from epoch 0, teacher: a frozen copy of the student at fit start'
+    >>> DistillSpec(weight=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: weight=0 is invalid; it must lie in (0, 1], the share of the distillation term in the loss
+    """
+
+    teacher: nn.Module | None = None
+    temperature: float = field(default=4.0, metadata=_app(float))
+    weight: float = field(default=0.5, metadata=_app(float))
+    student: str | None = None
+    start_epoch: int = field(default=0, metadata=_app(int))
+
+    def __post_init__(self) -> None:
+        if self.teacher is not None and not isinstance(self.teacher, nn.Module):
+            raise TypeError(
+                f"teacher={_short(self.teacher)} (a {type(self.teacher).__name__}) is invalid; it must be None (a "
+                "frozen copy of the student at fit start) or a torch.nn.Module"
+            )
+        if not _number(self.temperature) or not self.temperature > 0:
+            raise _invalid("temperature", self.temperature, "be a number > 0")
+        if not _number(self.weight) or not 0.0 < self.weight <= 1.0:
+            raise _invalid("weight", self.weight, "lie in (0, 1], the share of the distillation term in the loss")
+        if self.student is not None and (not isinstance(self.student, str) or not self.student):
+            raise _invalid(
+                "student", self.student,
+                "be None (the LightningModule itself) or the name of its submodule that returns the logits",
+            )
+        if not _integer(self.start_epoch) or self.start_epoch < 0:
+            raise _invalid("start_epoch", self.start_epoch, "be an integer >= 0")
+        self.temperature = float(self.temperature)
+        self.weight = float(self.weight)
+
+    def describe(self) -> str:
+        """The setting in words, for logs."""
+        teacher = "a frozen copy of the student at fit start" if self.teacher is None else type(self.teacher).__name__
+        when = f"weight {self.weight:g} at temperature {self.temperature:g} from epoch {self.start_epoch}"
+        return f"{when}, teacher: {teacher}"
+
+
+def _short(value: object) -> str:
+    """A value for an error message, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def app_fields(spec: type = PruningSpec) -> dict[str, Any]:
