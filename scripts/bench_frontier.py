@@ -186,15 +186,54 @@ def run_dense(args, data, work: Path, seed: int) -> dict[str, Any]:
     return {"model": module.model, "fit_s": seconds, "prune_s": 0.0, "epochs_trained": args.epochs}
 
 
-def run_ours(args, data, work, seed, schedule: str, criterion: str, budget: float) -> dict[str, Any]:
-    module = make_module(init_model(args, work, seed), args)
-    callback = PruningCallback(target="macs", budget=budget, schedule=schedule, criterion=criterion,
-                               start_epoch=args.prune_start, end_epoch=args.prune_end,
-                               example_inputs=data["train_x"][:1], verbose=False)
+# Named recipes of our callback (arms ``ours/<recipe>``): PruningCallback options, plus ``from_dense`` (start
+# from this seed's trained dense model, as Torch-Pruning's arms do: twice the training, reported in
+# ``epochs_trained``) and ``distill`` (DistillationCallback: from the fit-start copy with ``from_dense``, else
+# from the trained dense model given as teacher).
+RECIPES: dict[str, dict[str, Any]] = {
+    "finetune": dict(criterion="l2", from_dense=True),
+    "finetune_large_final": dict(criterion="large_final", from_dense=True),
+    "finetune_distill": dict(criterion="l2", from_dense=True, distill=True),
+    "finetune_distill_large_final": dict(criterion="large_final", from_dense=True, distill=True),
+    "finetune_distill_sparse": dict(criterion="l2", sparse_training=1e-3, from_dense=True, distill=True),
+    "latency_large_final": dict(criterion="large_final", channel_cost="latency", round_to=8),
+    "large_final": dict(criterion="large_final"),
+    "sparse": dict(criterion="l2", sparse_training=1e-3),
+    "cost": dict(criterion="l2", channel_cost="macs_memory", round_to=8),
+    "latency": dict(criterion="l2", channel_cost="latency", round_to=8),
+    "round8": dict(criterion="l2", round_to=8),
+    "distill": dict(criterion="l2", distill=True),
+    "distill_large_final": dict(criterion="large_final", distill=True),
+    "distill_sparse": dict(criterion="l2", sparse_training=1e-3, distill=True),
+}
+
+
+def run_ours(args, data, work, seed, schedule: str, criterion: str, budget: float,
+             options: dict[str, Any] | None = None) -> dict[str, Any]:
+    options = dict(options or {})
+    distill, from_dense = options.pop("distill", False), options.pop("from_dense", False)
+    options.setdefault("criterion", criterion)
+    model = init_model(args, work, seed)
+    if from_dense:
+        model.load_state_dict(torch.load(work / f"dense_{seed}.pt"))
+    module = make_module(model, args)
+    callback = PruningCallback(target="macs", budget=budget, schedule=schedule, start_epoch=args.prune_start,
+                               end_epoch=args.prune_end, example_inputs=data["train_x"][:1], verbose=False,
+                               **options)
+    callbacks: list = [callback]
     hooks = time_hooks(callback, OUR_HOOKS)
-    seconds = fit(module, data, args, seed, args.epochs, [callback])
+    if distill:
+        from lightning_prune import DistillationCallback  # noqa: PLC0415
+
+        teacher = None  # from_dense: the fit-start copy is the trained dense model
+        if not from_dense:
+            teacher = init_model(args, work, seed)
+            teacher.load_state_dict(torch.load(work / f"dense_{seed}.pt"))
+        callbacks.append(DistillationCallback(teacher=teacher, student="model"))  # its cost is in fit_s
+    seconds = fit(module, data, args, seed, args.epochs, callbacks)
     return {"model": module.model, "fit_s": seconds, "prune_s": sum(map(sum, hooks.values())),
-            "epochs_trained": args.epochs, "channel_ratio": callback.pruner.channel_ratio()}
+            "epochs_trained": 2 * args.epochs if distill or from_dense else args.epochs,
+            "channel_ratio": callback.pruner.channel_ratio()}
 
 
 def tp_pruner(model: nn.Module, example: torch.Tensor, ratio: float, steps: int) -> tp.pruner.MetaPruner:
@@ -388,7 +427,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dense_fit_s = {r["seed"]: r["fit_s"] for r in dense_runs}
 
     fasterai: dict[str, Any] | None = None
-    if not args.skip_fasterai:
+    if not args.skip_fasterai and not args.skip_peers:
         try:
             fasterai = run_fasterai(args, work, {**levels, "fasterai": None})
         except Exception as err:  # noqa: BLE001 - a failed peer is reported, not hidden
@@ -416,6 +455,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 extra = {"schedule": schedule, "criterion": criterion, "macs_budget": fraction,
                          "channel_ratio": statistics.mean(r["channel_ratio"] for r in runs)}
                 ours[(schedule, criterion)] = arm(f"ours/{schedule}/{criterion}", "ours", level, runs, extra)
+        for recipe in args.recipes:
+            runs = [record(s, run_ours(args, data, work, s, "agp", "l2", fraction, RECIPES[recipe]))
+                    for s in args.seeds]
+            extra = {"schedule": "agp", "recipe": recipe, "options": RECIPES[recipe], "macs_budget": fraction,
+                     "channel_ratio": statistics.mean(r["channel_ratio"] for r in runs)}
+            arm(f"ours/{recipe}", "ours", level, runs, extra)
+        if args.skip_peers:
+            continue
         for name, steps in (("once", 1), ("iterative", args.tp_steps)):
             runs = [record(s, run_torch_pruning(args, data, work, s, fraction, steps, dense_fit_s[s]))
                     for s in args.seeds]
@@ -459,6 +506,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prune-end", type=int)
     p.add_argument("--schedules", nargs="+", default=["agp"])
     p.add_argument("--criteria", nargs="+", default=["l2", "l1"])
+    p.add_argument("--recipes", nargs="+", default=[], choices=list(RECIPES),
+                   help="extra arms of our callback, ours/<recipe> (agp schedule)")
+    p.add_argument("--skip-peers", action="store_true", help="only dense and ours (recipe exploration)")
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     p.add_argument("--modelpruning", nargs="+", default=["ln_structured", "l1_unstructured"])
     p.add_argument("--tp-steps", type=int, default=3, help="pruning steps of torch_pruning/iterative")

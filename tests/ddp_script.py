@@ -48,6 +48,7 @@ from lightning_prune.app.module import ClassifierModule  # noqa: E402
 EPOCHS = 4  # prunes at the end of epochs 0, 1 and 2, then trains one epoch on the pruned model
 END_EPOCH = 2
 CONTEXT = {"taylor": "global", "random": "local"}
+SPARSE_TRAINING = {"taylor": 1e-2, "random": 0.0}  # group-norm sparse training joins the global run
 
 
 def digest(tensors) -> str:  # noqa: ANN001
@@ -102,9 +103,14 @@ class Probe(pl.Callback):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
             final_params=digest(pl_module.parameters()),
+            sparse_steps=sparsity.steps if (sparsity := pruning_session(trainer).sparsity) is not None else 0,
             lightning_prune=lightning_prune.__file__,
         )
         Path(self.path_pattern.format(rank=trainer.global_rank)).write_text(json.dumps(self.record))
+
+
+def pruning_session(trainer):  # noqa: ANN001, ANN201
+    return next(c for c in trainer.callbacks if isinstance(c, PruningCallback)).session
 
 
 def loader(n: int = 64, seed: int = 0, shuffle: bool = True) -> DataLoader:
@@ -122,7 +128,8 @@ def run(criterion: str, out: str, strategy: str = "auto", devices: int = 1) -> N
     pl.seed_everything(0, verbose=False)
     module = ClassifierModule(ResidualNet(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=1e-2))
     pruning = PruningCallback(
-        ratio=0.5, schedule="linear", criterion=criterion, context=CONTEXT[criterion], end_epoch=END_EPOCH
+        ratio=0.5, schedule="linear", criterion=criterion, context=CONTEXT[criterion], end_epoch=END_EPOCH,
+        sparse_training=SPARSE_TRAINING[criterion],
     )
     probe = Probe(os.path.join(out, f"{criterion}_rank{{rank}}.json"))
     trainer = pl.Trainer(

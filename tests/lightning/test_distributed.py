@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PlainNet, quiet_trainer, random_loader
-from ddp_script import CONTEXT, END_EPOCH, EPOCHS, run
+from ddp_script import CONTEXT, END_EPOCH, EPOCHS, SPARSE_TRAINING, run
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 from torch import nn
@@ -66,6 +66,11 @@ def single_process(tmp_path_factory) -> dict[str, dict]:
     return {c: read_records(out, c, 1)[0] for c in CRITERIA}
 
 
+def reference_steps(single_process: dict[str, dict], criterion: str) -> int:
+    """Optimizer steps of one rank in the sparse-training window: half the single process's (half the data)."""
+    return single_process[criterion]["sparse_steps"] // 2
+
+
 @pytest.fixture(scope="module", params=["ddp", "ddp_spawn"])
 def ddp_run(request, tmp_path_factory) -> tuple[str, Path, str]:
     out = tmp_path_factory.mktemp(request.param)
@@ -92,6 +97,9 @@ def test_every_rank_prunes_the_same_channels_and_keeps_synchronising(ddp_run, cr
         "or gradients stopped synchronising"
     )
     assert rank0["params"] == rank1["params"]
+    # with sparse training every rank adds the same regularisation gradient at every optimizer step
+    if SPARSE_TRAINING[criterion]:
+        assert rank0["sparse_steps"] == rank1["sparse_steps"] == reference_steps(single_process, criterion) > 0
     # gradients kept synchronising after the last prune (epoch 3 trains the pruned model on different data)
     assert rank0["final_params"] == rank1["final_params"], f"{strategy}/{criterion}: weights diverged"
 

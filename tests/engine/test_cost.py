@@ -1,0 +1,83 @@
+"""Channel costs (lightning_prune.engine.cost): the modelled and timed per-channel costs, and that dividing
+scores by them moves a global prune towards the costly layers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_prune.engine.cost import (
+    COST_BATCH,
+    MEMORY_MACS_PER_ELEMENT,
+    CostAwareImportance,
+    measure_costs,
+)
+from lightning_prune.engine.criteria import get_criterion
+from lightning_prune.engine.pruner import ChannelPruner
+
+
+def test_macs_memory_costs_are_macs_plus_memory_per_channel():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 16, 5))
+    costs = measure_costs(net, torch.zeros(1, 3, 4, 4), "macs_memory")
+    conv_macs = 8 * 16 * 3 * 9
+    assert costs[net[0]].out == pytest.approx((conv_macs + MEMORY_MACS_PER_ELEMENT * 8 * 16) / 8)
+    assert costs[net[0]].in_ == pytest.approx((conv_macs + MEMORY_MACS_PER_ELEMENT * 3 * 16) / 3)
+    assert costs[net[1]].out == pytest.approx(MEMORY_MACS_PER_ELEMENT * 8 * 16 / 8)  # memory only
+    assert costs[net[3]].in_ == pytest.approx((5 * 128 + MEMORY_MACS_PER_ELEMENT * 128) / 128)
+
+
+def test_latency_costs_time_each_layer_at_the_cost_batch():
+    net = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
+    ticks = itertools.count()
+    seen = []
+    net[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    costs = measure_costs(net, torch.zeros(1, 4), "latency", clock=lambda: float(next(ticks)))
+    assert set(seen) == {COST_BATCH}
+    # the fake clock ticks once per reading: layer 0 reads start, then layer 0's end ... a constant span
+    assert costs[net[0]].out * 6 == pytest.approx(costs[net[0]].in_ * 4)
+    assert costs[net[1]].out * 2 == pytest.approx(costs[net[1]].in_ * 6)
+    assert costs[net[0]].out > 0
+
+
+def test_an_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="cost kind 'flops' is unknown; choose one of"):
+        measure_costs(nn.Linear(2, 2), torch.zeros(1, 2), "flops")
+
+
+def two_branches() -> nn.Module:
+    """Two parallel convs of equal weights: one on a large map (costly per channel), one on a small map."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.big = nn.Conv2d(3, 8, 3, padding=1)
+            self.small = nn.Conv2d(3, 8, 3, padding=1)
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.big(x).mean(dim=(2, 3))
+            b = self.small(nn.functional.avg_pool2d(x, 4)).mean(dim=(2, 3))
+            return self.head(torch.cat([a, b], 1))
+
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():
+        net.small.weight.copy_(net.big.weight)
+        net.small.bias.copy_(net.big.bias)
+    return net
+
+
+@pytest.mark.parametrize("kind", ["macs_memory"])
+def test_cost_weighting_prunes_the_costly_layer_first(kind):
+    plain, weighted = two_branches(), two_branches()
+    inputs = torch.zeros(1, 3, 16, 16)
+    ChannelPruner(plain, inputs, importance="l2", ignored_layers=[plain.head]).prune_to(0.25)
+    assert plain.big.out_channels == plain.small.out_channels  # equal weights: equal cuts
+    importance = CostAwareImportance(get_criterion("l2"))
+    importance.costs = measure_costs(weighted, inputs, kind)
+    ChannelPruner(weighted, inputs, importance=importance, ignored_layers=[weighted.head]).prune_to(0.25)
+    assert weighted.big.out_channels < weighted.small.out_channels
+    assert weighted.big.out_channels + weighted.small.out_channels == 12  # the same share of channels
