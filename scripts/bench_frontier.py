@@ -540,6 +540,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seeds, args.epochs, args.prune_start, args.prune_end, args.batch_size = [0, 1], 2, 0, 0, 8
         args.levels, args.criteria, args.skip_fasterai, args.latency_pairs = ["2x"], ["l2"], True, 3
         args.tp_steps, args.config_name = 2, "smoke/tiny"
+        args.recipes = args.recipes or ["finetune_distill"]  # a recipe arm: fine-tune the dense model, distil
     args.levels = {level: LEVELS[level] for level in args.levels}
     args.protocol = args.protocol or ("full" if args.full else "smoke" if args.smoke else "cpu")
     args.out = args.out or str(RESULTS_DIR / f"frontier_{args.config}{'_full' if args.full else ''}.json")

@@ -374,7 +374,7 @@ def test_frontier_smoke_runs_every_arm_but_fasterai(tmp_path):
     arms = {(a["arm"], a["level"]) for a in result["arms"]}
     assert arms == {("dense", None), ("ours/agp/l2", "2x"), ("torch_pruning/once", "2x"),
                     ("torch_pruning/iterative", "2x"), ("modelpruning/ln_structured", "2x"),
-                    ("modelpruning/l1_unstructured", "2x")}
+                    ("modelpruning/l1_unstructured", "2x"), ("ours/finetune_distill", "2x")}
     for arm in result["arms"]:
         assert len(arm["acc"]) == 2 and arm["latency_ratio_b1"] > 0 and arm["latency_ratio_b32"] > 0
         if arm["system"] in ("ours", "torch_pruning"):
@@ -384,3 +384,6 @@ def test_frontier_smoke_runs_every_arm_but_fasterai(tmp_path):
     assert result["fasterai"] is None and result["leaders"]["2x"]["accuracy"] is not None
     assert result["plot"] == "frontier.png" and (tmp_path / "frontier.png").is_file()
     assert next(a for a in result["arms"] if a["arm"] == "torch_pruning/once")["epochs_trained"] == 4
+    recipe = next(a for a in result["arms"] if a["arm"] == "ours/finetune_distill")
+    assert recipe["epochs_trained"] == 4 and recipe["options"] == {"criterion": "l2", "from_dense": True,
+                                                                   "distill": True}

@@ -26,7 +26,8 @@ from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ..callback import PruningCallback
-from ..engine.spec import PruningSpec, SparsifySpec, app_fields
+from ..distill import DistillationCallback
+from ..engine.spec import DistillSpec, PruningSpec, SparsifySpec, app_fields
 from ..sparsify import SparsifyCallback
 
 MODES = ("prune", "sparsify")
@@ -66,6 +67,14 @@ SparsifyConfig.__doc__ = """The ``sparsify`` node (``mode=sparsify``): every Spa
 :class:`~lightning_prune.engine.spec.SparsifySpec`, and ``compact`` (remove the zeroed channels after fit)."""
 
 
+DistillConfig = make_dataclass(
+    "DistillConfig", [("enabled", bool, field(default=False)), *_spec_fields(DistillSpec)]
+)
+DistillConfig.__doc__ = """The ``distill`` node: ``distill.enabled=true`` adds a DistillationCallback (teacher: a frozen
+copy of the model at fit start, e.g. the pretrained weights) with every key of its spec,
+:class:`~lightning_prune.engine.spec.DistillSpec`."""
+
+
 def _app_config_fields() -> list[tuple[str, Any, Any]]:
     """The app's own keys, then every :class:`~lightning_prune.engine.spec.PruningSpec` field the app exposes."""
     own: list[tuple[str, Any, Any]] = [
@@ -84,6 +93,7 @@ def _app_config_fields() -> list[tuple[str, Any, Any]]:
         ("schedule", ScheduleConfig, field(default_factory=ScheduleConfig)),
         ("criterion", CriterionConfig, field(default_factory=CriterionConfig)),
         ("sparsify", SparsifyConfig, field(default_factory=SparsifyConfig)),
+        ("distill", DistillConfig, field(default_factory=DistillConfig)),
         ("trainer", Any, field(default=MISSING)),
         ("optimizer", Any, field(default=MISSING)),
         ("lr_scheduler", Any, field(default=MISSING)),
@@ -126,6 +136,11 @@ def validate_values(cfg: Any) -> PruningSpec | SparsifySpec:
     _check(cfg.mode in MODES, "mode", cfg.mode, f"be one of {list(MODES)}")
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "be >= 1")
     _check(cfg.latency_repeats >= 1, "latency_repeats", cfg.latency_repeats, "be >= 1")
+    if cfg.distill.enabled:  # its own checks, named as the distill.* keys
+        try:
+            DistillSpec(**{name: getattr(cfg.distill, name) for name in app_fields(DistillSpec)})
+        except ValueError as err:
+            raise ValueError(f"distill.{err}") from err
     if cfg.mode == "sparsify":
         _check_epochs(cfg.sparsify, cfg.epochs, "sparsify.")
         return sparsify_spec(cfg)
@@ -163,6 +178,14 @@ def build_sparsify_callback(cfg: DictConfig) -> SparsifyCallback:
     values = {name: cfg.sparsify[name] for name in app_fields(SparsifySpec)}
     values["ignored_layers"] = list(values["ignored_layers"] or [])
     return SparsifyCallback(schedule=instantiate(cfg.schedule), **values)
+
+
+def build_distill_callbacks(cfg: DictConfig) -> list[DistillationCallback]:
+    """``[DistillationCallback(...)]`` when ``distill.enabled``, else ``[]``: the student is the app's
+    ``ClassifierModule.model``, the teacher its copy at fit start."""
+    if not cfg.distill.enabled:
+        return []
+    return [DistillationCallback(student="model", **{name: cfg.distill[name] for name in app_fields(DistillSpec)})]
 
 
 def build_mode_callback(cfg: DictConfig) -> PruningCallback | SparsifyCallback:

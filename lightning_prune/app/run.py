@@ -45,7 +45,7 @@ from ..engine.report import count_macs_params, layer_report, render_layer_report
 from ..engine.sparsity import render_sparsity_report
 from ..lightning_compat import spawns_ranks
 from ..sparsify import SparsifyCallback
-from .config import build_mode_callback, validate
+from .config import build_distill_callbacks, build_mode_callback, validate
 from .export import export_onnx, load_model, save_json, save_model
 from .models import load_weights
 from .module import ClassifierModule
@@ -216,7 +216,8 @@ def run_training(cfg: DictConfig, out: Path, callbacks: list[pl.Callback] | None
     timer = EpochTimer()
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[EpochSeeding(cfg.seed), pruning, best, last, timer, *(callbacks or [])],
+        callbacks=[EpochSeeding(cfg.seed), pruning, *build_distill_callbacks(cfg), best, last, timer,
+                   *(callbacks or [])],
         logger=CSVLogger(out, name="logs"),
         default_root_dir=out,
     )

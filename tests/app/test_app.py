@@ -96,11 +96,21 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
         ("target=flops", ValueError, r"target='flops' is unknown; choose one of \['channels', 'macs'"),
         ("on_unsafe=skip", ValueError, r"on_unsafe='skip' is unknown; choose one of \[.ignore., .raise.\]"),
         ("optimizer_state=keep", ValueError, r"optimizer_state='keep' is unknown; choose 'slice' or 'reset'"),
+        ("sparse_training=-0.1", ValueError, r"sparse_training=-0.1 is invalid; it must be a regularisation"),
+        ("distill.enabled=true distill.weight=2", ValueError, r"distill.weight=2.0 is invalid; it must lie in \(0, 1\]"),
+        ("channel_cost=flops", ValueError, r"channel_cost='flops' is unknown; choose one of \['auto', 'none'"),
     ],
 )
 def test_bad_overrides_fail_with_a_message_naming_the_key(override, error, message):
     with pytest.raises(error, match=message):
-        validate(compose_train([override]))
+        validate(compose_train(override.split(" ")))
+
+
+def test_sparse_training_and_channel_cost_reach_the_callback():
+    cfg = compose_train(["sparse_training=0.001", "sparse_start_epoch=1", "channel_cost=macs_memory"])
+    validate(cfg)
+    spec = build_callback(cfg).spec
+    assert (spec.sparse_training, spec.sparse_start_epoch, spec.cost_kind) == (0.001, 1, "macs_memory")
 
 
 def test_a_budget_target_reaches_the_callback():
@@ -267,3 +277,23 @@ def test_a_sharding_strategy_is_refused_before_anything_is_built(tmp_path):
     with pytest.raises(ValueError, match="does not support the strategy 'fsdp'"):
         run_training(cfg, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_distill_enabled_adds_a_distillation_callback_that_trains(tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_prune import DistillationCallback
+
+    seen: dict = {}
+
+    class Probe(Callback):
+        def on_train_end(self, trainer, pl_module):  # noqa: ANN001
+            seen["distill"] = [c for c in trainer.callbacks if isinstance(c, DistillationCallback)]
+            seen["logged"] = float(trainer.callback_metrics["distill/loss"])
+
+    cfg = compose_train([*QUICK, "epochs=2", "ratio=0.5", "schedule=one_shot", "end_epoch=0", "distill.enabled=true",
+                         "distill.temperature=2.0", "distill.weight=0.7"])
+    run_training(cfg, tmp_path, callbacks=[Probe()])
+    (callback,) = seen["distill"]
+    assert (callback.spec.temperature, callback.spec.weight, callback.spec.student) == (2.0, 0.7, "model")
+    assert seen["logged"] > 0  # the term was computed and logged while the pruned student trained
