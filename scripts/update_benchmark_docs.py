@@ -276,6 +276,47 @@ def frontier_leaders(arms: list[dict[str, Any]], level: str) -> dict[str, dict[s
             "latency_usable": fastest(usable)}
 
 
+PEER_SYSTEMS = ("fasterai", "torch_pruning", "modelpruning")
+RECIPE_HEADERS = ["arm", "level", "options", "accuracy %", "best peer (accuracy %)", "≥ it", "latency b32",
+                  "fastest peer (latency)", "≤ it", "vs plain (points)", "efficiency", "epochs"]
+
+
+def recipe_rows(arms: list[dict[str, Any]], levels: list[str]) -> list[list[Any]]:
+    """One row per arm of ours at each level: against the best peer in accuracy and the fastest in latency,
+    and the gain over our plain ``agp``/``l2`` arm.
+
+    >>> arms = [dict(arm="ours/agp/l2", system="ours", level="2x", acc_mean=0.9, macs_ratio=0.5,
+    ...              latency_ratio_b32=0.8, epochs_trained=3),
+    ...         dict(arm="ours/x", system="ours", level="2x", acc_mean=0.95, macs_ratio=0.5, latency_ratio_b32=0.5,
+    ...              epochs_trained=3, options={"criterion": "large_final"}),
+    ...         dict(arm="fasterai", system="fasterai", level="2x", acc_mean=0.93, macs_ratio=0.5,
+    ...              latency_ratio_b32=0.6, epochs_trained=3)]
+    >>> [r[0] for r in recipe_rows(arms, ["2x"])], recipe_rows(arms, ["2x"])[1][5:10]
+    (['ours/agp/l2', 'ours/x'], ['yes', 0.5, 'fasterai (0.600)', 'yes', '+5.00'])
+    """
+    rows = []
+    for level in levels:
+        here = [a for a in arms if a["level"] == level]
+        peers = [a for a in here if a["system"] in PEER_SYSTEMS]
+        timed = [a for a in peers if a.get("latency_ratio_b32") is not None and a["macs_ratio"] < 0.999]
+        best = max(peers, key=lambda a: a["acc_mean"], default=None)
+        fastest = min(timed, key=lambda a: a["latency_ratio_b32"], default=None)
+        plain = next((a for a in here if a["arm"] == "ours/agp/l2"), None)
+        for a in (a for a in here if a["system"] == "ours"):
+            lat = a.get("latency_ratio_b32")
+            options = ", ".join(f"{k}={v}" for k, v in (a.get("options") or {}).items()) or "agp, l2"
+            rows.append([
+                a["arm"], level, options, f"{100 * a['acc_mean']:.2f}",
+                f"{best['arm']} ({100 * best['acc_mean']:.2f})" if best else "—",
+                "—" if best is None else "yes" if a["acc_mean"] >= best["acc_mean"] else "no",
+                lat, f"{fastest['arm']} ({fastest['latency_ratio_b32']:.3f})" if fastest else "—",
+                "—" if fastest is None or lat is None else "yes" if lat <= fastest["latency_ratio_b32"] else "no",
+                f"{100 * (a['acc_mean'] - plain['acc_mean']):+.2f}" if plain else "—",
+                None if not lat else a["macs_ratio"] / lat, a["epochs_trained"],
+            ])
+    return rows
+
+
 def frontier_section(fr: dict[str, Any], folder: Path = RESULTS_DIR, link_from: Path = ROOT) -> str:
     cfg, dense = fr["config"], next(a for a in fr["arms"] if a["system"] == "dense")
     out = [f"### Frontier: {fr['config_name']} ({fr['protocol']})\n\n{machine_line(fr)}.\n"]
@@ -317,6 +358,11 @@ def frontier_section(fr: dict[str, Any], folder: Path = RESULTS_DIR, link_from: 
                          f"; no arm within {USABLE_POINTS:g} point of dense accuracy was timed")
             closing.append(line)
     out.append("**Who leads** (measured, per MACs level)\n\n" + "\n".join(closing) + "\n")
+    rows = recipe_rows(fr["arms"], list(fr["levels"]))
+    if rows:
+        out.append("**Our arms against the peers** (per level: the most accurate peer arm, the fastest peer arm at "
+                   "batch 32, and our plain `agp`/`l2` arm; efficiency = MACs ratio / batch-32 latency ratio)\n")
+        out.append(markdown_table(RECIPE_HEADERS, rows) + "\n")
     if fr.get("errors"):
         out.append("Errors: " + "; ".join(f"`{e}`" for e in fr["errors"]) + "\n")
     return "\n".join(out)

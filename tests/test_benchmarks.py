@@ -387,3 +387,20 @@ def test_frontier_smoke_runs_every_arm_but_fasterai(tmp_path):
     recipe = next(a for a in result["arms"] if a["arm"] == "ours/finetune_distill")
     assert recipe["epochs_trained"] == 4 and recipe["options"] == {"criterion": "l2", "from_dense": True,
                                                                    "distill": True}
+
+
+def test_frontier_recipe_rows_compare_each_of_our_arms_with_the_best_and_fastest_peer():
+    _, _, upd = frontier_modules()
+    arm = lambda name, system, acc, lat, **kw: dict(arm=name, system=system, level="3x", acc_mean=acc,  # noqa: E731
+                                                    macs_ratio=0.33, latency_ratio_b32=lat, epochs_trained=3, **kw)
+    arms = [arm("ours/agp/l2", "ours", 0.90, 0.66), arm("ours/distill", "ours", 0.93, 0.70, options={"distill": True}),
+            arm("torch_pruning/once", "torch_pruning", 0.92, 0.60), arm("fasterai", "fasterai", 0.50, 0.55),
+            dict(arm="modelpruning/l1_unstructured", system="modelpruning", level="3x", acc_mean=0.94,
+                 macs_ratio=1.0, latency_ratio_b32=1.0, epochs_trained=3)]
+    rows = {r[0]: r for r in upd.recipe_rows(arms, ["3x"])}
+    assert set(rows) == {"ours/agp/l2", "ours/distill"}
+    distill = rows["ours/distill"]
+    # masked ModelPruning is the most accurate peer; the fastest is the fastest pruned peer, fasterai
+    assert distill[4] == "modelpruning/l1_unstructured (94.00)" and distill[5] == "no"
+    assert distill[7] == "fasterai (0.550)" and distill[8] == "no"
+    assert distill[9] == "+3.00" and distill[10] == pytest.approx(0.33 / 0.70) and distill[2] == "distill=True"
