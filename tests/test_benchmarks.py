@@ -400,7 +400,8 @@ def test_frontier_recipe_rows_compare_each_of_our_arms_with_the_best_and_fastest
     rows = {r[0]: r for r in upd.recipe_rows(arms, ["3x"])}
     assert set(rows) == {"ours/agp/l2", "ours/distill"}
     distill = rows["ours/distill"]
-    # masked ModelPruning is the most accurate peer; the fastest is the fastest pruned peer, fasterai
-    assert distill[4] == "modelpruning/l1_unstructured (94.00)" and distill[5] == "no"
+    # masked ModelPruning (dense MACs) is not a peer at equal MACs: the most accurate is Torch-Pruning's arm
+    assert distill[4] == "torch_pruning/once (92.00)" and distill[5] == "yes"
+    assert rows["ours/agp/l2"][5] == "no"
     assert distill[7] == "fasterai (0.550)" and distill[8] == "no"
     assert distill[9] == "+3.00" and distill[10] == pytest.approx(0.33 / 0.70) and distill[2] == "distill=True"
