@@ -8,7 +8,9 @@ per unit of importance go first. Two costs:
 
 - ``"latency"``: each layer's forward time, timed with hooks on the model's own device (median of
   :data:`REPEATS` passes at batch :data:`COST_BATCH`), split evenly over its channels;
-- ``"macs_memory"``: a model, ``MACs + MEMORY_MACS_PER_ELEMENT * activation elements``, split over channels.
+- ``"macs_memory"``: a model of one sample's share of a batch of :data:`COST_BATCH`: ``MACs +
+  MEMORY_MACS_PER_ELEMENT * (activation elements + weight elements / COST_BATCH)``, split over channels
+  (weights are read once per batch; on small feature maps they are most of the memory traffic).
 
 Costs are re-measured before every prune (widths change); only a global ranking is affected (a local one
 prunes every layer by the same ratio, whatever the cost).
@@ -17,7 +19,8 @@ prunes every layer by the same ratio, whatever the cost).
 >>> from torch import nn
 >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
 >>> costs = measure_costs(net, torch.zeros(1, 3, 8, 8), "macs_memory")
->>> costs[net[0]].out == (3 * 9 * 64 + MEMORY_MACS_PER_ELEMENT * 64)   # MACs + memory of one output channel
+>>> one_filter = 3 * 9 * 64 + MEMORY_MACS_PER_ELEMENT * (64 + (3 * 9 + 1) / COST_BATCH)  # MACs, activation, weights
+>>> bool(abs(costs[net[0]].out - one_filter) < 1e-9)
 True
 """
 
@@ -138,8 +141,9 @@ def measure_costs(
             costs[module] = LayerCost(seconds / width_out, seconds / width_in)
         else:
             macs = _macs(module, out_elements)
-            costs[module] = LayerCost((macs + MEMORY_MACS_PER_ELEMENT * out_elements) / width_out,
-                                      (macs + MEMORY_MACS_PER_ELEMENT * in_elements) / width_in)  # fmt: skip
+            weights = sum(p.numel() for p in module.parameters(recurse=False)) / COST_BATCH
+            costs[module] = LayerCost((macs + MEMORY_MACS_PER_ELEMENT * (out_elements + weights)) / width_out,
+                                      (macs + MEMORY_MACS_PER_ELEMENT * (in_elements + weights)) / width_in)
     return costs
 
 

@@ -22,11 +22,13 @@ from lightning_prune.engine.pruner import ChannelPruner
 def test_macs_memory_costs_are_macs_plus_memory_per_channel():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 16, 5))
     costs = measure_costs(net, torch.zeros(1, 3, 4, 4), "macs_memory")
-    conv_macs = 8 * 16 * 3 * 9
-    assert costs[net[0]].out == pytest.approx((conv_macs + MEMORY_MACS_PER_ELEMENT * 8 * 16) / 8)
-    assert costs[net[0]].in_ == pytest.approx((conv_macs + MEMORY_MACS_PER_ELEMENT * 3 * 16) / 3)
-    assert costs[net[1]].out == pytest.approx(MEMORY_MACS_PER_ELEMENT * 8 * 16 / 8)  # memory only
-    assert costs[net[3]].in_ == pytest.approx((5 * 128 + MEMORY_MACS_PER_ELEMENT * 128) / 128)
+    conv_macs, conv_weights = 8 * 16 * 3 * 9, (8 * 3 * 9 + 8) / COST_BATCH  # weights read once per batch
+    assert costs[net[0]].out == pytest.approx((conv_macs + MEMORY_MACS_PER_ELEMENT * (8 * 16 + conv_weights)) / 8)
+    assert costs[net[0]].in_ == pytest.approx((conv_macs + MEMORY_MACS_PER_ELEMENT * (3 * 16 + conv_weights)) / 3)
+    bn_weights = 16 / COST_BATCH
+    assert costs[net[1]].out == pytest.approx(MEMORY_MACS_PER_ELEMENT * (8 * 16 + bn_weights) / 8)  # memory only
+    linear_weights = (5 * 128 + 5) / COST_BATCH
+    assert costs[net[3]].in_ == pytest.approx((5 * 128 + MEMORY_MACS_PER_ELEMENT * (128 + linear_weights)) / 128)
 
 
 def test_latency_costs_time_each_layer_at_the_cost_batch():
