@@ -195,6 +195,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "finetune_large_final": dict(criterion="large_final", from_dense=True),
     "finetune_distill": dict(criterion="l2", from_dense=True, distill=True),
     "finetune_distill_large_final": dict(criterion="large_final", from_dense=True, distill=True),
+    "finetune_distill_latency": dict(criterion="l2", channel_cost="latency", round_to=8, from_dense=True,
+                                     distill=True),
     "finetune_distill_sparse": dict(criterion="l2", sparse_training=1e-3, from_dense=True, distill=True),
     "latency_large_final": dict(criterion="large_final", channel_cost="latency", round_to=8),
     # the level's fraction as a LATENCY budget (target="latency": channel_cost="latency" by default)
