@@ -84,8 +84,8 @@ class PruningCallback(SessionCallback):
         sparse_start_epoch: first epoch of sparse training.
         sparse_end_epoch: last epoch of sparse training; default: ``end_epoch`` (the last pruning epoch).
         channel_cost: rank channels by importance per unit of cost (global context only): ``"latency"``
-            (each layer's time on the training device), ``"macs_memory"`` (MACs plus activation memory),
-            ``"none"``, or ``"auto"`` (``"latency"`` with ``target="latency"``, else none).
+            (each layer's time on the training device), ``"macs_memory"`` (MACs plus memory traffic),
+            ``"latency_per_mac"`` (that time per MAC saved: slow-for-their-MACs layers first), ``"none"``, or ``"auto"`` (``"latency"`` with ``target="latency"``, else none).
 
     Example::
 
@@ -120,7 +120,7 @@ class PruningCallback(SessionCallback):
         sparse_training: float = 0.0,
         sparse_start_epoch: int = 0,
         sparse_end_epoch: int | None = None,
-        channel_cost: Literal["auto", "none", "latency", "macs_memory"] = "auto",
+        channel_cost: Literal["auto", "none", "latency", "macs_memory", "latency_per_mac"] = "auto",
     ) -> None:
         super().__init__()
         arguments = dict(locals())

@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -163,4 +162,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ddp_exit import run_then_shut_down
+
+    run_then_shut_down(main)

@@ -4,13 +4,16 @@ torch-pruning ranks channels by importance alone: with a global ranking, a chann
 and one of an early, large-map layer are equal if their scores are, although the second costs far more time.
 :class:`CostAwareImportance` divides every group's scores by what removing one of its channels saves (the sum
 over the group's layers, input side or output side), so that at a given budget the channels that cost most
-per unit of importance go first. Two costs:
+per unit of importance go first. Three costs:
 
 - ``"latency"``: each layer's forward time, timed with hooks on the model's own device (median of
   :data:`REPEATS` passes at batch :data:`COST_BATCH`), split evenly over its channels;
 - ``"macs_memory"``: a model of one sample's share of a batch of :data:`COST_BATCH`: ``MACs +
   MEMORY_MACS_PER_ELEMENT * (activation elements + weight elements / COST_BATCH)``, split over channels
-  (weights are read once per batch; on small feature maps they are most of the memory traffic).
+  (weights are read once per batch; on small feature maps they are most of the memory traffic);
+- ``"latency_per_mac"``: the ``"latency"`` timing divided by the MACs the same channels save (the group's
+  seconds over its MACs): how slow a group's work is, so that at a MACs budget the layers that are slow for
+  their MACs (memory-bound, small maps) lose channels first and latency falls faster than MACs.
 
 Costs are re-measured before every prune (widths change); only a global ranking is affected (a local one
 prunes every layer by the same ratio, whatever the cost).
@@ -41,7 +44,7 @@ from .hf import is_conv1d
 from .inputs import map_tensors, output_tensors
 from .pruner import call_unpacked
 
-COST_KINDS = ("latency", "macs_memory")
+COST_KINDS = ("latency", "macs_memory", "latency_per_mac")
 # One activation element moved costs about this many multiply-accumulates: a CPU core retires ~16 fp32 MACs
 # per cycle (two 8-wide FMA units) and streams about one fp32 value per cycle from memory.
 MEMORY_MACS_PER_ELEMENT = 16.0
@@ -55,6 +58,8 @@ class LayerCost:
 
     out: float
     in_: float
+    macs_out: float = 0.0  # MACs that removing one output (input) channel saves; filled by the timed kinds
+    macs_in: float = 0.0
 
 
 def _widths(module: nn.Module) -> tuple[int, int] | None:
@@ -106,15 +111,16 @@ def measure_costs(
     sizes: dict[nn.Module, tuple[int, int]] = {}  # per sample: (input elements, output elements)
     times: dict[nn.Module, list[float]] = {m: [] for m in layers}
     started: dict[nn.Module, float] = {}
-    batch = COST_BATCH if kind == "latency" else 1
+    timed = kind in ("latency", "latency_per_mac")
+    batch = COST_BATCH if timed else 1
 
     def before(module: nn.Module, args: tuple) -> None:
-        if kind == "latency":
+        if timed:
             _sync(output_tensors(args))
             started[module] = clock()
 
     def after(module: nn.Module, args: tuple, output: Any) -> None:
-        if kind == "latency":
+        if timed:
             _sync(output_tensors(output))
             times[module].append(clock() - started[module])
         first_in, first_out = output_tensors(args)[:1], output_tensors(output)[:1]
@@ -126,7 +132,7 @@ def measure_costs(
         with compat.preserved_training_modes(model):
             model.eval()
             batched = _batched(inputs, batch)
-            for _ in range(1 + (REPEATS if kind == "latency" else 0)):  # the first pass warms up
+            for _ in range(1 + (REPEATS if timed else 0)):  # the first pass warms up
                 call_unpacked(model, batched)
     finally:
         for handle in handles:
@@ -136,9 +142,10 @@ def measure_costs(
         if module not in sizes or not width_out or not width_in:
             continue
         in_elements, out_elements = sizes[module]
-        if kind == "latency":
+        if timed:
             seconds = statistics.median(times[module][1:] or times[module])
-            costs[module] = LayerCost(seconds / width_out, seconds / width_in)
+            macs = _macs(module, out_elements)
+            costs[module] = LayerCost(seconds / width_out, seconds / width_in, macs / width_out, macs / width_in)
         else:
             macs = _macs(module, out_elements)
             weights = sum(p.numel() for p in module.parameters(recurse=False)) / COST_BATCH
@@ -158,18 +165,23 @@ class CostAwareImportance(Importance):
     ('GroupMagnitudeImportance', {})
     """
 
-    def __init__(self, base: Importance, costs: Mapping[nn.Module, LayerCost] | None = None) -> None:
+    def __init__(self, base: Importance, costs: Mapping[nn.Module, LayerCost] | None = None,
+                 per_mac: bool = False) -> None:
         self.base = base
         self.costs: dict[nn.Module, LayerCost] = dict(costs or {})
+        self.per_mac = per_mac  # divide by the group's cost per MAC it saves (how slow its work is)
 
     def group_cost(self, group: Any) -> float:
         graph = compat.group_graph(group)
-        total = 0.0
+        total = macs = 0.0
         for dep, _ in group:
             cost = self.costs.get(dep.target.module)
             if cost is not None:
                 out = graph.is_out_channel_pruning_fn(dep.handler) if graph is not None else True
                 total += cost.out if out else cost.in_
+                macs += cost.macs_out if out else cost.macs_in
+        if self.per_mac:
+            return total / macs if macs > 0 else 0.0
         return total
 
     def __call__(self, group: Any, **kwargs: Any) -> torch.Tensor | None:
@@ -177,5 +189,7 @@ class CostAwareImportance(Importance):
         cost = self.group_cost(group)
         if scores is None or cost <= 0:
             return scores
-        scale = statistics.median(c.out for c in self.costs.values())  # numerics only: ranks are unchanged
+        typical = [c.out / c.macs_out if self.per_mac else c.out
+                   for c in self.costs.values() if c.macs_out > 0 or not self.per_mac]
+        scale = statistics.median(typical)  # numerics only: ranks are unchanged
         return scores / (cost / scale)

@@ -31,7 +31,6 @@ from .cost import CostAwareImportance, measure_costs
 from .criteria import SeededRandomImportance, get_criterion, needs_gradients, squares_gradients
 from .hf import conv1d_types
 from .inputs import shapes, to_device, untraceable_error
-from .regularize import GroupSparsity
 from .pruner import (
     PRUNABLE_TYPES,
     ChannelPruner,
@@ -44,6 +43,7 @@ from .pruner import (
     match_layer_patterns,
     preserved_training_modes,
 )
+from .regularize import GroupSparsity
 from .report import LayerRow, layer_report, prune_metrics
 from .rollback import Snapshot, forward_check, step_error
 from .safety import UnsafeOp, describe, unsafe_layers_to_ignore
@@ -108,7 +108,8 @@ class ScheduledPruning:
             }
         importance = get_criterion(spec.criterion, seed=seed)
         # with a channel cost, scores are divided by what each channel costs (re-measured before each prune)
-        self.cost_aware = CostAwareImportance(importance) if spec.cost_kind else None
+        self.cost_aware = (CostAwareImportance(importance, per_mac=spec.cost_kind == "latency_per_mac")
+                           if spec.cost_kind else None)
         try:
             self.pruner = ChannelPruner(
                 model,

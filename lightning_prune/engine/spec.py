@@ -30,7 +30,7 @@ from .schedules import NON_MONOTONE, SCHEDULES, Schedule, is_non_monotone
 from .sparsity import SPARSITY_CRITERIA, Criterion, parse_granularity
 
 CONTEXTS = ("global", "local")
-CHANNEL_COSTS = ("auto", "none", "latency", "macs_memory")
+CHANNEL_COSTS = ("auto", "none", "latency", "macs_memory", "latency_per_mac")
 OPTIMIZER_STATES = ("slice", "reset")
 
 

@@ -97,7 +97,8 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
         ("on_unsafe=skip", ValueError, r"on_unsafe='skip' is unknown; choose one of \[.ignore., .raise.\]"),
         ("optimizer_state=keep", ValueError, r"optimizer_state='keep' is unknown; choose 'slice' or 'reset'"),
         ("sparse_training=-0.1", ValueError, r"sparse_training=-0.1 is invalid; it must be a regularisation"),
-        ("distill.enabled=true distill.weight=2", ValueError, r"distill.weight=2.0 is invalid; it must lie in \(0, 1\]"),
+        ("distill.enabled=true distill.weight=2", ValueError,
+         r"distill.weight=2.0 is invalid; it must lie in \(0, 1\]"),
         ("channel_cost=flops", ValueError, r"channel_cost='flops' is unknown; choose one of \['auto', 'none'"),
     ],
 )

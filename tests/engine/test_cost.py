@@ -83,3 +83,17 @@ def test_cost_weighting_prunes_the_costly_layer_first(kind):
     ChannelPruner(weighted, inputs, importance=importance, ignored_layers=[weighted.head]).prune_to(0.25)
     assert weighted.big.out_channels < weighted.small.out_channels
     assert weighted.big.out_channels + weighted.small.out_channels == 12  # the same share of channels
+
+
+def test_latency_per_mac_prunes_the_layer_that_is_slow_for_its_macs():
+    """Equal timed latency on both branches (a fake clock), but the small-map branch does 16x fewer MACs:
+    per MAC it is the slow one, so "latency_per_mac" removes its channels first ("latency" the other way)."""
+    net, inputs = two_branches(), torch.zeros(1, 3, 16, 16)
+    ticks = itertools.count()
+    costs = measure_costs(net, inputs, "latency_per_mac", clock=lambda: float(next(ticks)))
+    assert costs[net.big].out == pytest.approx(costs[net.small].out)  # the same time per channel ...
+    assert costs[net.big].macs_out == pytest.approx(16 * costs[net.small].macs_out)  # ... for 16x the MACs
+    per_mac = CostAwareImportance(get_criterion("l2"), costs, per_mac=True)
+    ChannelPruner(net, inputs, importance=per_mac, ignored_layers=[net.head]).prune_to(0.25)
+    assert net.small.out_channels < net.big.out_channels
+    assert net.big.out_channels + net.small.out_channels == 12
