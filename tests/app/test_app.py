@@ -267,6 +267,7 @@ def test_trainer_ddp_in_a_multirun_spawns_ranks_and_saves_the_pruned_model(tmp_p
                          cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert "error" not in summary, f"{summary['error']}\n{result.stderr[-3000:]}"  # a multirun job's failure
     assert summary["config"]["trainer"]["strategy"] == "ddp_spawn"
     model = load_model(sweep / "0" / "pruned_model.pt")
     macs = count_macs_params(model, torch.zeros(1, 3, 16, 16))[0]
