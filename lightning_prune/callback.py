@@ -85,7 +85,8 @@ class PruningCallback(SessionCallback):
         sparse_end_epoch: last epoch of sparse training; default: ``end_epoch`` (the last pruning epoch).
         channel_cost: rank channels by importance per unit of cost (global context only): ``"latency"``
             (each layer's time on the training device), ``"macs_memory"`` (MACs plus memory traffic),
-            ``"latency_per_mac"`` (that time per MAC saved: slow-for-their-MACs layers first), ``"none"``, or ``"auto"`` (``"latency"`` with ``target="latency"``, else none).
+            ``"latency_per_mac"`` (that time per MAC saved: slow-for-their-MACs layers first), ``"none"``,
+            or ``"auto"`` (``"latency"`` with ``target="latency"``, else none).
 
     Example::
 

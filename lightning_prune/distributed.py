@@ -259,3 +259,16 @@ def keep_main_process_model(pl_module: torch.nn.Module) -> None:
             state_dict.clear()
 
     register_state_dict_post_hook(pl_module, drop_everything)
+
+
+def shut_down_process_group() -> None:
+    """Destroy the default process group, if one is up: call it when a rank's last trainer call has ended.
+
+    Lightning leaves the group alive when a fit ends; a gloo group still alive when its process exits
+    can abort the process at exit ("terminate called without an active exception", SIGABRT), after a fit
+    that succeeded. Seen with spawned and re-launched CPU ranks alike.
+
+    >>> shut_down_process_group()  # no group: nothing to do
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,18 +1,16 @@
-"""Run a DDP test script's ``main`` and destroy the process group before the interpreter exits: left
-alive, gloo's threads can be torn down mid-flight at exit ("terminate called without an active exception",
-SIGABRT) after a fit that succeeded. Imported by the ``*_ddp_script.py`` files (their folder is on
-``sys.path`` when they run as scripts)."""
+"""Run a DDP test script's ``main``, then destroy the process group before the interpreter exits
+(:func:`lightning_prune.distributed.shut_down_process_group` says why). Imported by the
+``*_ddp_script.py`` files (their folder is on ``sys.path`` when they run as scripts)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
+from lightning_prune.distributed import shut_down_process_group
 
 
 def run_then_shut_down(main: Callable[[], object]) -> None:
     try:
         main()
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        shut_down_process_group()

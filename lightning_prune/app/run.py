@@ -38,7 +38,7 @@ from torch import nn
 
 from ..callback import PruningCallback
 from ..checkpoint import check_torch_file, restore_pruned
-from ..distributed import check_strategy_supported
+from ..distributed import check_strategy_supported, shut_down_process_group
 from ..engine.compact import compact
 from ..engine.latency import compare_latency, measure_latency
 from ..engine.report import count_macs_params, layer_report, render_layer_report
@@ -178,6 +178,17 @@ class EpochTimer(pl.Callback):
         pl_module.log("time/epoch_s", self.seconds[-1])
 
 
+class SpawnedRankShutdown(pl.Callback):
+    """Destroy the process group in each spawned rank (``ddp_spawn``) when its trainer call ends: each
+    ``fit`` and ``validate`` spawns its own ranks, and a gloo group left alive can abort a rank at exit (see
+    :func:`~lightning_prune.distributed.shut_down_process_group`). Re-launched ranks (``ddp``) keep theirs
+    until :func:`run_training` ends."""
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if spawns_ranks(trainer):
+            shut_down_process_group()
+
+
 @dataclass
 class RunResult:
     """What :func:`run_training` leaves besides its files."""
@@ -217,7 +228,7 @@ def run_training(cfg: DictConfig, out: Path, callbacks: list[pl.Callback] | None
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=[EpochSeeding(cfg.seed), pruning, *build_distill_callbacks(cfg), best, last, timer,
-                   *(callbacks or [])],
+                   SpawnedRankShutdown(), *(callbacks or [])],
         logger=CSVLogger(out, name="logs"),
         default_root_dir=out,
     )
@@ -228,6 +239,7 @@ def run_training(cfg: DictConfig, out: Path, callbacks: list[pl.Callback] | None
     # the accuracy of the model that is saved: validated after the last prune
     trainer.validate(module, datamodule=datamodule, verbose=False)
     val_acc = _val_accuracy(trainer)
+    shut_down_process_group()  # this rank's last collective is done (re-launched "ddp" ranks)
     summary = None
     if trainer.is_global_zero:
         example = torch.zeros(1, *input_shape)
