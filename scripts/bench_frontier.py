@@ -210,6 +210,19 @@ RECIPES: dict[str, dict[str, Any]] = {
     "latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8),
     "finetune_distill_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8,
                                              from_dense=True, distill=True),
+    # the same costs without rounding widths to multiples of 8 (which lands under the MACs budget)
+    "finetune_distill_latency_exact": dict(criterion="l2", channel_cost="latency", from_dense=True, distill=True),
+    "finetune_distill_latency_per_mac_exact": dict(criterion="l2", channel_cost="latency_per_mac", from_dense=True,
+                                                   distill=True),
+    # everything at the end of the first epoch, the rest fine-tuning (as Torch-Pruning's "once", one epoch later)
+    "finetune_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8, from_dense=True),
+    "finetune_latency": dict(criterion="l2", channel_cost="latency", round_to=8, from_dense=True),
+    "finetune_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True),
+    "finetune_distill_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True,
+                                  distill=True),
+    "finetune_distill_latency_per_mac_once": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8,
+                                                  schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True,
+                                                  distill=True),
     "round8": dict(criterion="l2", round_to=8),
     "distill": dict(criterion="l2", distill=True),
     "distill_large_final": dict(criterion="large_final", distill=True),
@@ -226,10 +239,9 @@ def run_ours(args, data, work, seed, schedule: str, criterion: str, budget: floa
     if from_dense:
         model.load_state_dict(torch.load(work / f"dense_{seed}.pt"))
     module = make_module(model, args)
-    options.setdefault("target", "macs")
-    callback = PruningCallback(budget=budget, schedule=schedule, start_epoch=args.prune_start,
-                               end_epoch=args.prune_end, example_inputs=data["train_x"][:1], verbose=False,
-                               **options)
+    options = {"target": "macs", "schedule": schedule, "start_epoch": args.prune_start, "end_epoch": args.prune_end,
+               **options}  # a recipe may set its own schedule and epochs
+    callback = PruningCallback(budget=budget, example_inputs=data["train_x"][:1], verbose=False, **options)
     callbacks: list = [callback]
     hooks = time_hooks(callback, OUR_HOOKS)
     if distill:
@@ -469,7 +481,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for recipe in args.recipes:
             runs = [record(s, run_ours(args, data, work, s, "agp", "l2", fraction, RECIPES[recipe]))
                     for s in args.seeds]
-            extra = {"schedule": "agp", "recipe": recipe, "options": RECIPES[recipe], "macs_budget": fraction,
+            extra = {"schedule": RECIPES[recipe].get("schedule", "agp"), "recipe": recipe,
+                     "options": RECIPES[recipe], "macs_budget": fraction,
                      "channel_ratio": statistics.mean(r["channel_ratio"] for r in runs)}
             arm(f"ours/{recipe}", "ours", level, runs, extra)
         if args.skip_peers:
