@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 
 
-def run_smoke(script: str, out: Path) -> dict:
+def run_smoke(script: str, out: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / script), "--smoke", "--out", str(out)],
+        [sys.executable, str(SCRIPTS / script), "--smoke", "--out", str(out), *extra],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -387,6 +387,17 @@ def test_frontier_smoke_runs_every_arm_but_fasterai(tmp_path):
     recipe = next(a for a in result["arms"] if a["arm"] == "ours/finetune_distill")
     assert recipe["epochs_trained"] == 4 and recipe["options"] == {"criterion": "l2", "from_dense": True,
                                                                    "distill": True}
+
+
+def test_frontier_recipes_set_their_own_schedule_or_prune_before_fine_tuning(tmp_path):
+    result = run_smoke("bench_frontier.py", tmp_path / "frontier.json", "--skip-peers", "--skip-fasterai",
+                       "--recipes", "finetune_once", "pruned_first")
+    arms = {a["arm"]: a for a in result["arms"] if a["level"] == "2x"}
+    assert set(arms) == {"ours/agp/l2", "ours/finetune_once", "ours/pruned_first"}
+    once, first = arms["ours/finetune_once"], arms["ours/pruned_first"]
+    assert once["schedule"] == first["schedule"] == "one_shot" and once["options"]["end_epoch"] == 0
+    for arm in (once, first):  # pruned to the 2x budget, trained as long again as the dense model
+        assert 0 < arm["macs_ratio"] <= 0.5 + 1e-6 and arm["epochs_trained"] == 4 and arm["prune_s"] > 0
 
 
 def test_frontier_recipe_rows_compare_each_of_our_arms_with_the_best_and_fastest_peer():
