@@ -214,13 +214,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     "finetune_distill_latency_exact": dict(criterion="l2", channel_cost="latency", from_dense=True, distill=True),
     "finetune_distill_latency_per_mac_exact": dict(criterion="l2", channel_cost="latency_per_mac", from_dense=True,
                                                    distill=True),
-    # everything at the end of the first epoch, the rest fine-tuning (as Torch-Pruning's "once", one epoch later)
     "finetune_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8, from_dense=True),
     "finetune_latency": dict(criterion="l2", channel_cost="latency", round_to=8, from_dense=True),
     # our engine prunes the trained model at once, then a fresh fit fine-tunes it (no callback)
     "pruned_first": dict(criterion="l2", schedule="one_shot", from_dense=True, prune_first=True),
     "pruned_first_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8,
                                          schedule="one_shot", from_dense=True, prune_first=True),
+    # everything at the end of the first epoch, the rest fine-tuning (as Torch-Pruning's "once", one epoch later)
     "finetune_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True),
     "finetune_distill_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True,
                                   distill=True),
@@ -246,7 +246,7 @@ def run_ours(args, data, work, seed, schedule: str, criterion: str, budget: floa
     if options.pop("prune_first", False):
         if distill:
             raise ValueError("prune_first recipes do not distil")
-        return run_ours_pruned_first(args, data, model, module, seed, budget, options)
+        return run_ours_pruned_first(args, data, module, seed, budget, options)
     options = {"target": "macs", "schedule": schedule, "start_epoch": args.prune_start, "end_epoch": args.prune_end,
                **options}  # a recipe may set its own schedule and epochs
     callback = PruningCallback(budget=budget, example_inputs=data["train_x"][:1], verbose=False, **options)
@@ -266,7 +266,7 @@ def run_ours(args, data, work, seed, schedule: str, criterion: str, budget: floa
             "channel_ratio": callback.pruner.channel_ratio()}
 
 
-def run_ours_pruned_first(args, data, model: nn.Module, module, seed: int, budget: float,
+def run_ours_pruned_first(args, data, module: ClassifierModule, seed: int, budget: float,
                           options: dict[str, Any]) -> dict[str, Any]:
     """Our engine without the callback: prune the trained model to ``budget`` at once (ScheduledPruning, one
     one-shot step), then fine-tune the pruned model for ``args.epochs`` with a fresh optimizer and LR schedule,
@@ -276,10 +276,10 @@ def run_ours_pruned_first(args, data, model: nn.Module, module, seed: int, budge
 
     began = time.perf_counter()
     spec = PruningSpec(**{"target": "macs", "budget": budget, "schedule": "one_shot", "verbose": False, **options})
-    session = ScheduledPruning(model, data["train_x"][:1], spec, end_epoch=0, seed=seed)
+    session = ScheduledPruning(module.model, data["train_x"][:1], spec, end_epoch=0, seed=seed)
     session.resolve_budget()
     session.on_epoch_end(0)
-    model.train()
+    module.model.train()
     prune_s = time.perf_counter() - began
     seconds = fit(module, data, args, seed, args.epochs)
     return {"model": module.model, "fit_s": seconds + prune_s, "prune_s": prune_s, "epochs_trained": 2 * args.epochs,
