@@ -87,6 +87,10 @@ class PruningCallback(SessionCallback):
             (each layer's time on the training device), ``"macs_memory"`` (MACs plus memory traffic),
             ``"latency_per_mac"`` (that time per MAC saved: slow-for-their-MACs layers first), ``"none"``,
             or ``"auto"`` (``"latency"`` with ``target="latency"``, else none).
+        prune_on_fit_start: prune once, to the full ratio or budget, when the fit starts (after the optimizers
+            are built, before their first step, so they and the LR schedulers start fresh on the pruned model),
+            then fine-tune in every epoch: the recipe for a trained model. Needs ``schedule="one_shot"`` and a
+            weight criterion; its ``prune/*`` metrics go to the loggers at step 0.
 
     Example::
 
@@ -122,6 +126,7 @@ class PruningCallback(SessionCallback):
         sparse_start_epoch: int = 0,
         sparse_end_epoch: int | None = None,
         channel_cost: Literal["auto", "none", "latency", "macs_memory", "latency_per_mac"] = "auto",
+        prune_on_fit_start: bool = False,
     ) -> None:
         super().__init__()
         arguments = dict(locals())
@@ -226,6 +231,23 @@ class PruningCallback(SessionCallback):
         self.session.move_inputs(pl_module.device)
         if self.spec.target == "latency":  # measured on the training device
             self._resolve_budget(trainer)
+        if self.spec.prune_on_fit_start and not self.events and trainer.ckpt_path is not None:
+            raise ValueError(
+                f"PruningCallback(prune_on_fit_start=True): ckpt_path={trainer.ckpt_path!r} has no pruning record, "
+                "so its optimizer state is for the dense model; load its weights into the module "
+                "(module.load_state_dict(torch.load(path)['state_dict'])) and call trainer.fit without ckpt_path"
+            )
+        # optimizers and LR schedulers exist by now, with no step taken: they carry over to the pruned model
+        event = self.session.on_fit_start(
+            trainer.optimizers,
+            sync=partial(prune_in_sync, strategy=trainer.strategy),
+            after_change=partial(rewrap_ddp, trainer),
+        )
+        if event is not None:
+            metrics = {name: value for name, value in event.items() if name.startswith("prune/")}
+            for logger in trainer.loggers:  # self.log is not allowed in on_fit_start; loggers log on rank 0
+                logger.log_metrics(metrics, step=trainer.global_step)
+            self._announce(event)
 
     def _remove_load_hook(self) -> None:
         if self._load_hook is not None:
@@ -272,6 +294,11 @@ class PruningCallback(SessionCallback):
         for name, value in event.items():
             if name.startswith("prune/"):
                 pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+        self._announce(event)
+
+    def _announce(self, event: dict[str, Any]) -> None:
+        """Log a pruning event on rank zero, with a warning if it missed its budget."""
+        assert self.session is not None
         rank_zero_info(f"PruningCallback: {describe_event(event, self.spec.target)}")
         missed = self.session.budget_missed(event)
         if missed:

@@ -216,10 +216,16 @@ RECIPES: dict[str, dict[str, Any]] = {
                                                    distill=True),
     "finetune_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8, from_dense=True),
     "finetune_latency": dict(criterion="l2", channel_cost="latency", round_to=8, from_dense=True),
-    # our engine prunes the trained model at once, then a fresh fit fine-tunes it (no callback)
-    "pruned_first": dict(criterion="l2", schedule="one_shot", from_dense=True, prune_first=True),
+    # the trained model pruned once when the fine-tuning fit starts (prune_on_fit_start), then fine-tuned
+    "pruned_first": dict(criterion="l2", schedule="one_shot", from_dense=True, prune_on_fit_start=True),
     "pruned_first_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8,
-                                         schedule="one_shot", from_dense=True, prune_first=True),
+                                         schedule="one_shot", from_dense=True, prune_on_fit_start=True),
+    "pruned_first_latency": dict(criterion="l2", channel_cost="latency", round_to=8, schedule="one_shot",
+                                 from_dense=True, prune_on_fit_start=True),
+    "pruned_first_cost": dict(criterion="l2", channel_cost="macs_memory", round_to=8, schedule="one_shot",
+                              from_dense=True, prune_on_fit_start=True),
+    "pruned_first_large_final": dict(criterion="large_final", schedule="one_shot", from_dense=True,
+                                     prune_on_fit_start=True),
     # everything at the end of the first epoch, the rest fine-tuning (as Torch-Pruning's "once", one epoch later)
     "finetune_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True),
     "finetune_distill_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True,
@@ -243,12 +249,11 @@ def run_ours(args, data, work, seed, schedule: str, criterion: str, budget: floa
     if from_dense:
         model.load_state_dict(torch.load(work / f"dense_{seed}.pt"))
     module = make_module(model, args)
-    if options.pop("prune_first", False):
-        if distill:
-            raise ValueError("prune_first recipes do not distil")
-        return run_ours_pruned_first(args, data, module, seed, budget, options)
-    options = {"target": "macs", "schedule": schedule, "start_epoch": args.prune_start, "end_epoch": args.prune_end,
-               **options}  # a recipe may set its own schedule and epochs
+    if options.get("prune_on_fit_start"):  # one prune before the first step: no pruning epochs
+        options = {"target": "macs", **options}
+    else:
+        options = {"target": "macs", "schedule": schedule, "start_epoch": args.prune_start,
+                   "end_epoch": args.prune_end, **options}  # a recipe may set its own schedule and epochs
     callback = PruningCallback(budget=budget, example_inputs=data["train_x"][:1], verbose=False, **options)
     callbacks: list = [callback]
     hooks = time_hooks(callback, OUR_HOOKS)
@@ -264,26 +269,6 @@ def run_ours(args, data, work, seed, schedule: str, criterion: str, budget: floa
     return {"model": module.model, "fit_s": seconds, "prune_s": sum(map(sum, hooks.values())),
             "epochs_trained": 2 * args.epochs if distill or from_dense else args.epochs,
             "channel_ratio": callback.pruner.channel_ratio()}
-
-
-def run_ours_pruned_first(args, data, module: ClassifierModule, seed: int, budget: float,
-                          options: dict[str, Any]) -> dict[str, Any]:
-    """Our engine without the callback: prune the trained model to ``budget`` at once (ScheduledPruning, one
-    one-shot step), then fine-tune the pruned model for ``args.epochs`` with a fresh optimizer and LR schedule,
-    as Torch-Pruning's "once" arm does."""
-    from lightning_prune.engine.session import ScheduledPruning  # noqa: PLC0415
-    from lightning_prune.engine.spec import PruningSpec  # noqa: PLC0415
-
-    began = time.perf_counter()
-    spec = PruningSpec(**{"target": "macs", "budget": budget, "schedule": "one_shot", "verbose": False, **options})
-    session = ScheduledPruning(module.model, data["train_x"][:1], spec, end_epoch=0, seed=seed)
-    session.resolve_budget()
-    session.on_epoch_end(0)
-    module.model.train()
-    prune_s = time.perf_counter() - began
-    seconds = fit(module, data, args, seed, args.epochs)
-    return {"model": module.model, "fit_s": seconds + prune_s, "prune_s": prune_s, "epochs_trained": 2 * args.epochs,
-            "channel_ratio": session.pruner.channel_ratio()}
 
 
 def tp_pruner(model: nn.Module, example: torch.Tensor, ratio: float, steps: int) -> tp.pruner.MetaPruner:

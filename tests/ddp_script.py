@@ -4,7 +4,9 @@ Lightning's ``strategy="ddp"`` launcher re-runs this file once per extra rank, s
 script (run with ``PYTHONPATH`` set to the repository root, so that every rank imports this checkout's
 ``lightning_prune``)::
 
-    python tests/ddp_script.py --strategy ddp --devices 2 --out DIR taylor random
+    python tests/ddp_script.py --strategy ddp --devices 2 --out DIR taylor random l2_fit_start
+
+(``l2_fit_start``: criterion ``l2``, pruned once when the fit starts, ``prune_on_fit_start=True``.)
 
 For each criterion, every rank writes ``DIR/<criterion>_rank<r>.json`` with these fields:
 
@@ -46,8 +48,9 @@ from lightning_prune.app.module import ClassifierModule  # noqa: E402
 
 EPOCHS = 4  # prunes at the end of epochs 0, 1 and 2, then trains one epoch on the pruned model
 END_EPOCH = 2
-CONTEXT = {"taylor": "global", "random": "local"}
-SPARSE_TRAINING = {"taylor": 1e-2, "random": 0.0}  # group-norm sparse training joins the global run
+CONTEXT = {"taylor": "global", "random": "local", "l2_fit_start": "global"}
+SPARSE_TRAINING = {"taylor": 1e-2, "random": 0.0, "l2_fit_start": 0.0}  # sparse training joins the global run
+FIT_START_SUFFIX = "_fit_start"  # l2_fit_start: criterion l2, one prune at fit start (prune_on_fit_start=True)
 
 
 def digest(tensors) -> str:  # noqa: ANN001
@@ -126,9 +129,12 @@ def run(criterion: str, out: str, strategy: str = "auto", devices: int = 1) -> N
     """Fit once with ``criterion``; every rank writes ``out/<criterion>_rank<r>.json``."""
     pl.seed_everything(0, verbose=False)
     module = ClassifierModule(ResidualNet(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    at_fit_start = criterion.endswith(FIT_START_SUFFIX)
+    when = dict(schedule="one_shot", prune_on_fit_start=True) if at_fit_start else dict(schedule="linear",
+                                                                                         end_epoch=END_EPOCH)
     pruning = PruningCallback(
-        ratio=0.5, schedule="linear", criterion=criterion, context=CONTEXT[criterion], end_epoch=END_EPOCH,
-        sparse_training=SPARSE_TRAINING[criterion],
+        ratio=0.5, criterion=criterion.removesuffix(FIT_START_SUFFIX), context=CONTEXT[criterion],
+        sparse_training=SPARSE_TRAINING[criterion], **when,
     )
     probe = Probe(os.path.join(out, f"{criterion}_rank{{rank}}.json"))
     trainer = pl.Trainer(

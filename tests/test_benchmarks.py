@@ -396,6 +396,7 @@ def test_frontier_recipes_set_their_own_schedule_or_prune_before_fine_tuning(tmp
     assert set(arms) == {"ours/agp/l2", "ours/finetune_once", "ours/pruned_first"}
     once, first = arms["ours/finetune_once"], arms["ours/pruned_first"]
     assert once["schedule"] == first["schedule"] == "one_shot" and once["options"]["end_epoch"] == 0
+    assert first["options"]["prune_on_fit_start"] is True  # the callback prunes the trained model at fit start
     for arm in (once, first):  # pruned to the 2x budget, trained as long again as the dense model
         assert 0 < arm["macs_ratio"] <= 0.5 + 1e-6 and arm["epochs_trained"] == 4 and arm["prune_s"] > 0
 

@@ -51,6 +51,7 @@ from .schedules import get_schedule, scheduled_ratio
 from .spec import PruningSpec
 from .surgery import remap_optimizer
 
+FIT_START = -1  # the epoch recorded for a prune before the first epoch (``prune_on_fit_start``)
 Sync = Callable[[ChannelPruner, Callable[[], tuple[PruneStep, Any]]], tuple[PruneStep, Any]]
 
 
@@ -162,9 +163,11 @@ class ScheduledPruning:
             )
         if spec.cost_kind:
             extras.append(f"channels ranked by importance per unit of {spec.cost_kind} cost")
+        when = ("once at fit start, before the first training step" if spec.prune_on_fit_start
+                else f"over epochs {spec.start_epoch}..{self.end_epoch}")
         return (
             f"{self.pruner.prunable_channels} prunable channels; output layers kept: {self.output_layers}; "
-            f"pruning to {spec.goal()} over epochs {spec.start_epoch}..{self.end_epoch}"
+            f"pruning to {spec.goal()} {when}"
             + "".join(f"; {e}" for e in extras)
         )
 
@@ -185,7 +188,8 @@ class ScheduledPruning:
         if search is None or "search" not in event or search.met:
             return None
         return (
-            f"epoch {event['epoch']}: the {self.spec.target} budget {event['prune/budget_target']:.1%} was missed: "
+            f"{describe_epoch(event['epoch'])}: the {self.spec.target} budget {event['prune/budget_target']:.1%} "
+            "was missed: "
             f"{search.value:.1%} of dense after pruning to {event['prune/ratio']:.1%} of channels"
         )
 
@@ -217,7 +221,9 @@ class ScheduledPruning:
     @property
     def pruned_fraction(self) -> float:
         """The schedule value reached by the last prune (0 before any)."""
-        return self.fraction(self.events[-1]["epoch"]) if self.events else 0.0
+        if not self.events:
+            return 0.0
+        return 1.0 if self.events[-1]["epoch"] == FIT_START else self.fraction(self.events[-1]["epoch"])
 
     @property
     def aimed_ratio(self) -> float:
@@ -226,7 +232,9 @@ class ScheduledPruning:
         return float(self.events[-1]["target"]) if self.events else 0.0
 
     def prunes_at(self, epoch: int) -> bool:
-        """Whether the schedule grows at the end of ``epoch``."""
+        """Whether the schedule grows at the end of ``epoch`` (never with ``prune_on_fit_start``)."""
+        if self.spec.prune_on_fit_start:
+            return False
         if not self.spec.by_fraction:
             return self.scheduled_ratio(epoch) > self.aimed_ratio + 1e-12
         return self.fraction(epoch) > self.pruned_fraction + 1e-12
@@ -299,11 +307,37 @@ class ScheduledPruning:
         """
         if not self.prunes_at(epoch):
             return None
-        fraction = self.fraction(epoch)
+        return self._scheduled_prune(epoch, self.fraction(epoch), self.scheduled_ratio(epoch), optimizers, sync,
+                                     after_change)
+
+    def on_fit_start(
+        self,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+        sync: Sync = _single_process,
+        after_change: Callable[[], object] = lambda: None,
+    ) -> dict[str, Any] | None:
+        """With ``prune_on_fit_start``, prune to the full goal now, before any training step (the optimizers
+        have no state yet, so they start fresh on the pruned model); returns the event, recorded with epoch
+        ``FIT_START`` (-1). None without the option, or when the prune is done already (a resumed fit)."""
+        if not self.spec.prune_on_fit_start or self.events:
+            return None
+        return self._scheduled_prune(FIT_START, 1.0, self.spec.ratio, optimizers, sync, after_change)
+
+    def _scheduled_prune(
+        self,
+        epoch: int,
+        fraction: float,
+        ratio: float,
+        optimizers: Sequence[torch.optim.Optimizer],
+        sync: Sync,
+        after_change: Callable[[], object],
+    ) -> dict[str, Any]:
+        """Prune to schedule value ``fraction`` (channel ratio ``ratio``, or the budget at ``fraction``) and
+        record the event under ``epoch``."""
         budget = None if self.spec.budget is None else intermediate_budget(self.spec.budget, fraction)
         # a budget search starts where the last prune ended
-        target = self.scheduled_ratio(epoch) if budget is None else self.aimed_ratio
-        where = f"epoch {epoch} (to {target:.1%} of channels)"
+        target = ratio if budget is None else self.aimed_ratio
+        where = f"{describe_epoch(epoch)} (to {target:.1%} of channels)"
         step = self.prune(target, budget, fraction, optimizers, sync, after_change, where=where)
         metrics = prune_metrics(self.model, self.inputs, self.baseline[-1], step.achieved)
         event: dict[str, Any] = {"epoch": epoch, "target": step.target, **metrics}
@@ -442,11 +476,16 @@ def nothing_prunable(
     return f"{type(model).__name__} has 0 prunable channels: {cause}"
 
 
+def describe_epoch(epoch: int) -> str:
+    """Where a prune happened, in words: ``"epoch 3"`` (at its end), or ``"fit start"`` for ``FIT_START``."""
+    return "fit start" if epoch == FIT_START else f"epoch {epoch}"
+
+
 def describe_event(event: dict[str, Any], target: str) -> str:
     """One log line for a pruning event of a run with ``target`` (see :meth:`ScheduledPruning.on_epoch_end`)."""
     budget = event.get("prune/budget_target")
     scheduled = f"scheduled {event['target']:.1%}" if budget is None else f"{target} budget {budget:.1%}"
     return (
-        f"epoch {event['epoch']}: removed {event['prune/ratio']:.1%} of channels ({scheduled}); "
+        f"{describe_epoch(event['epoch'])}: removed {event['prune/ratio']:.1%} of channels ({scheduled}); "
         f"params {event['prune/params_ratio']:.1%}, MACs {event['prune/macs_ratio']:.1%} of dense"
     )

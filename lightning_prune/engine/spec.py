@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from .budget import BUDGET_TARGETS, TARGETS
-from .criteria import CRITERIA, Importance
+from .criteria import CRITERIA, Importance, needs_gradients
 from .safety import ON_UNSAFE
 from .schedules import NON_MONOTONE, SCHEDULES, Schedule, is_non_monotone
 from .sparsity import SPARSITY_CRITERIA, Criterion, parse_granularity
@@ -126,6 +126,8 @@ def schedule_warnings(spec: PruningSpec, end_epoch: int, max_epochs: int | None)
     """
     if not spec.prunes_anything:
         return ["ratio=0 with no ratio_overrides or budget prunes nothing"]
+    if spec.prune_on_fit_start:  # every epoch fine-tunes the pruned model
+        return []
     found = []
     if spec.sparse_training > 0:
         sparse_end = end_epoch if spec.sparse_end_epoch is None else spec.sparse_end_epoch
@@ -182,6 +184,7 @@ class PruningSpec:
     sparse_start_epoch: int = field(default=0, metadata=_app(int))
     sparse_end_epoch: int | None = field(default=None, metadata=_app(int | None))
     channel_cost: str = field(default="auto", metadata=_app(str))
+    prune_on_fit_start: bool = field(default=False, metadata=_app(bool))
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -189,6 +192,7 @@ class PruningSpec:
         self._check_budget()
         self._check_sparse_training()
         self._check_channel_cost()
+        self._check_prune_on_fit_start()
         if self.ratio_overrides is not None and not isinstance(self.ratio_overrides, Mapping):
             raise _invalid("ratio_overrides", self.ratio_overrides, "map module-name patterns to ratios")
         for pattern, value in (self.ratio_overrides or {}).items():
@@ -274,6 +278,32 @@ class PruningSpec:
             raise ValueError(
                 f"channel_cost={self.channel_cost!r} needs context='global': it re-ranks channels ACROSS layers "
                 f"by their cost, and context={self.context!r} prunes every layer by the same ratio"
+            )
+
+    def _check_prune_on_fit_start(self) -> None:
+        if not isinstance(self.prune_on_fit_start, bool):
+            raise _invalid("prune_on_fit_start", self.prune_on_fit_start, "be True or False")
+        if not self.prune_on_fit_start:
+            return
+        conflict = "prune_on_fit_start=True prunes once, to the full goal, before the first training step"
+        one_shot = self.schedule is SCHEDULES["one_shot"] or self.schedule == "one_shot"  # by name or the function
+        if not one_shot or self.start_epoch != 0 or self.end_epoch is not None:
+            raise ValueError(
+                f"{conflict}: it needs schedule='one_shot' with start_epoch and end_epoch unset; got "
+                f"schedule={criterion_label(self.schedule)}, start_epoch={self.start_epoch}, "
+                f"end_epoch={self.end_epoch}"
+            )
+        if self.sparse_training > 0:
+            raise ValueError(
+                f"{conflict}, so sparse_training={self.sparse_training:g} has no epochs before the prune to shape "
+                "the weights; set sparse_training=0, or prune at an epoch's end (prune_on_fit_start=False)"
+            )
+        importance = self.criterion if isinstance(self.criterion, Importance) else CRITERIA[self.criterion](0)
+        if needs_gradients(importance):
+            raise ValueError(
+                f"{conflict}, but criterion={criterion_label(self.criterion)} scores with the gradients of a "
+                "pruning epoch, and there are none yet; choose a weight criterion (e.g. 'l2', 'large_final') or "
+                "prune at an epoch's end (prune_on_fit_start=False)"
             )
 
     # -- derived ----------------------------------------------------------------------------------

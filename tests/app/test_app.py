@@ -114,6 +114,14 @@ def test_sparse_training_and_channel_cost_reach_the_callback():
     assert (spec.sparse_training, spec.sparse_start_epoch, spec.cost_kind) == (0.001, 1, "macs_memory")
 
 
+def test_prune_on_fit_start_reaches_the_callback_with_the_one_shot_schedule_group():
+    cfg = compose_train(["schedule=one_shot", "prune_on_fit_start=true", "target=macs", "budget=0.5"])
+    validate(cfg)
+    assert build_callback(cfg).spec.prune_on_fit_start is True
+    with pytest.raises(ValueError, match=r"prune_on_fit_start=True .* needs schedule='one_shot'"):
+        validate(compose_train(["schedule=agp", "prune_on_fit_start=true"]))
+
+
 def test_a_budget_target_reaches_the_callback():
     cfg = compose_train(["target=macs", "budget=0.5", "ratio_overrides={model.layer4.*: 0.2}"])
     validate(cfg)
