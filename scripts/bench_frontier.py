@@ -220,6 +220,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pruned_first": dict(criterion="l2", schedule="one_shot", from_dense=True, prune_on_fit_start=True),
     "pruned_first_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8,
                                          schedule="one_shot", from_dense=True, prune_on_fit_start=True),
+    "pruned_first_round8": dict(criterion="l2", round_to=8, schedule="one_shot", from_dense=True,
+                                prune_on_fit_start=True),
     "pruned_first_latency": dict(criterion="l2", channel_cost="latency", round_to=8, schedule="one_shot",
                                  from_dense=True, prune_on_fit_start=True),
     "pruned_first_cost": dict(criterion="l2", channel_cost="macs_memory", round_to=8, schedule="one_shot",
