@@ -32,7 +32,7 @@ from .engine.criteria import Importance
 from .engine.pruner import ChannelPruner, PruneStep
 from .engine.report import LayerRow, layer_report, render_layer_report
 from .engine.schedules import Schedule
-from .engine.session import ScheduledPruning, describe_event
+from .engine.session import ScheduledPruning, describe_event, logged_metrics
 from .engine.spec import PruningSpec, resolve_end_epoch, schedule_warnings
 from .lightning_compat import spawns_ranks, start_method
 from .session_callback import SessionCallback
@@ -231,22 +231,14 @@ class PruningCallback(SessionCallback):
         self.session.move_inputs(pl_module.device)
         if self.spec.target == "latency":  # measured on the training device
             self._resolve_budget(trainer)
-        if self.spec.prune_on_fit_start and not self.events and trainer.ckpt_path is not None:
-            raise ValueError(
-                f"PruningCallback(prune_on_fit_start=True): ckpt_path={trainer.ckpt_path!r} has no pruning record, "
-                "so its optimizer state is for the dense model; load its weights into the module "
-                "(module.load_state_dict(torch.load(path)['state_dict'])) and call trainer.fit without ckpt_path"
-            )
         # optimizers and LR schedulers exist by now, with no step taken: they carry over to the pruned model
         event = self.session.on_fit_start(
-            trainer.optimizers,
-            sync=partial(prune_in_sync, strategy=trainer.strategy),
-            after_change=partial(rewrap_ddp, trainer),
+            trainer.optimizers, sync=partial(prune_in_sync, strategy=trainer.strategy),
+            after_change=partial(rewrap_ddp, trainer), checkpoint=trainer.ckpt_path,
         )
         if event is not None:
-            metrics = {name: value for name, value in event.items() if name.startswith("prune/")}
             for logger in trainer.loggers:  # self.log is not allowed in on_fit_start; loggers log on rank 0
-                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_metrics(logged_metrics(event), step=trainer.global_step)
             self._announce(event)
 
     def _remove_load_hook(self) -> None:
@@ -291,9 +283,8 @@ class PruningCallback(SessionCallback):
         )
         if event is None:
             return
-        for name, value in event.items():
-            if name.startswith("prune/"):
-                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+        for name, value in logged_metrics(event).items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
         self._announce(event)
 
     def _announce(self, event: dict[str, Any]) -> None:

@@ -190,6 +190,7 @@ def run_dense(args, data, work: Path, seed: int) -> dict[str, Any]:
 # from this seed's trained dense model, as Torch-Pruning's arms do: twice the training, reported in
 # ``epochs_trained``) and ``distill`` (DistillationCallback: from the fit-start copy with ``from_dense``, else
 # from the trained dense model given as teacher).
+PRUNED_FIRST = dict(schedule="one_shot", from_dense=True, prune_on_fit_start=True)
 RECIPES: dict[str, dict[str, Any]] = {
     "finetune": dict(criterion="l2", from_dense=True),
     "finetune_large_final": dict(criterion="large_final", from_dense=True),
@@ -217,17 +218,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "finetune_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8, from_dense=True),
     "finetune_latency": dict(criterion="l2", channel_cost="latency", round_to=8, from_dense=True),
     # the trained model pruned once when the fine-tuning fit starts (prune_on_fit_start), then fine-tuned
-    "pruned_first": dict(criterion="l2", schedule="one_shot", from_dense=True, prune_on_fit_start=True),
-    "pruned_first_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8,
-                                         schedule="one_shot", from_dense=True, prune_on_fit_start=True),
-    "pruned_first_round8": dict(criterion="l2", round_to=8, schedule="one_shot", from_dense=True,
-                                prune_on_fit_start=True),
-    "pruned_first_latency": dict(criterion="l2", channel_cost="latency", round_to=8, schedule="one_shot",
-                                 from_dense=True, prune_on_fit_start=True),
-    "pruned_first_cost": dict(criterion="l2", channel_cost="macs_memory", round_to=8, schedule="one_shot",
-                              from_dense=True, prune_on_fit_start=True),
-    "pruned_first_large_final": dict(criterion="large_final", schedule="one_shot", from_dense=True,
-                                     prune_on_fit_start=True),
+    "pruned_first": dict(criterion="l2", **PRUNED_FIRST),
+    "pruned_first_latency_per_mac": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8, **PRUNED_FIRST),
+    "pruned_first_round8": dict(criterion="l2", round_to=8, **PRUNED_FIRST),
+    "pruned_first_latency": dict(criterion="l2", channel_cost="latency", round_to=8, **PRUNED_FIRST),
+    "pruned_first_cost": dict(criterion="l2", channel_cost="macs_memory", round_to=8, **PRUNED_FIRST),
+    "pruned_first_large_final": dict(criterion="large_final", **PRUNED_FIRST),
     # everything at the end of the first epoch, the rest fine-tuning (as Torch-Pruning's "once", one epoch later)
     "finetune_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True),
     "finetune_distill_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True,

@@ -315,12 +315,22 @@ class ScheduledPruning:
         optimizers: Sequence[torch.optim.Optimizer] = (),
         sync: Sync = _single_process,
         after_change: Callable[[], object] = lambda: None,
+        checkpoint: object = None,
     ) -> dict[str, Any] | None:
         """With ``prune_on_fit_start``, prune to the full goal now, before any training step (the optimizers
         have no state yet, so they start fresh on the pruned model); returns the event, recorded with epoch
-        ``FIT_START`` (-1). None without the option, or when the prune is done already (a resumed fit)."""
+        ``FIT_START`` (-1). None without the option, or when the prune is done already (a resumed fit).
+
+        ``checkpoint`` names the checkpoint the fit resumes from, if any: one without a pruning record holds
+        optimizer state for the dense shapes, so it is refused (ValueError) before anything is pruned."""
         if not self.spec.prune_on_fit_start or self.events:
             return None
+        if checkpoint is not None:
+            raise ValueError(
+                f"prune_on_fit_start=True: ckpt_path={checkpoint!r} has no pruning record, so its optimizer state "
+                "is for the dense model; load its weights into the module "
+                "(module.load_state_dict(torch.load(path)['state_dict'])) and call trainer.fit without ckpt_path"
+            )
         return self._scheduled_prune(FIT_START, 1.0, self.spec.ratio, optimizers, sync, after_change)
 
     def _scheduled_prune(
@@ -474,6 +484,11 @@ def nothing_prunable(
             f"({[o.name for o in left_out][:8]}), or feeds only those"
         )
     return f"{type(model).__name__} has 0 prunable channels: {cause}"
+
+
+def logged_metrics(event: dict[str, Any]) -> dict[str, float]:
+    """The ``prune/*`` metrics of a pruning event, what the loggers receive."""
+    return {name: value for name, value in event.items() if name.startswith("prune/")}
 
 
 def describe_epoch(epoch: int) -> str:

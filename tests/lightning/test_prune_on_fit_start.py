@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from functools import partial
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import ResidualNet, quiet_trainer, random_loader
@@ -46,7 +47,7 @@ def on_fit_start(**kwargs) -> PruningCallback:
 
 
 class StepRecorder(Logger):
-    """A logger that keeps what it is sent, and records the widths and LR the first training step sees."""
+    """A logger that keeps what it is sent."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,55 +62,45 @@ class StepRecorder(Logger):
         self.metrics.append((step, dict(metrics)))
 
 
-class FirstStep:
-    """The model's widths when the first training batch starts, and every step's learning rate."""
+class FirstStep(pl.Callback):
+    """The model's widths and the parameters the optimizer steps when the first training batch starts, every
+    step's learning rate, and the weights after every epoch."""
 
     def __init__(self) -> None:
         self.widths: dict[str, tuple[int, ...]] | None = None
-        self.lrs: list[float] = []
         self.optimised_ids: set[int] = set()
         self.live_ids: set[int] = set()
+        self.lrs: list[float] = []
+        self.epoch_weights: list[dict[str, torch.Tensor]] = []
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.widths is None:
+            self.widths = widths(pl_module)
+            self.optimised_ids = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+            self.live_ids = {id(p) for p in pl_module.parameters() if p.requires_grad}
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-def recording_callback(record: FirstStep):
-    import lightning.pytorch as pl  # noqa: PLC0415
-
-    class Record(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if record.widths is None:
-                record.widths = widths(pl_module)
-                record.optimised_ids = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
-                record.live_ids = {id(p) for p in pl_module.parameters() if p.requires_grad}
-            record.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
-
-    return Record()
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epoch_weights.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
 
 
 def test_the_trained_model_is_pruned_before_the_first_step_and_every_epoch_fine_tunes_it():
     net = trained_net()
     dense_macs = count_macs_params(net, EXAMPLE)[0]
     module, callback, record, logger = classifier(net), on_fit_start(), FirstStep(), StepRecorder()
-    epoch_weights: list[dict[str, torch.Tensor]] = []
-
-    import lightning.pytorch as pl  # noqa: PLC0415
-
-    class Weights(pl.Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            epoch_weights.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
-
-    trainer = quiet_trainer(max_epochs=3, callbacks=[callback, recording_callback(record), Weights()], logger=logger)
+    trainer = quiet_trainer(max_epochs=3, callbacks=[callback, record], logger=logger)
     trainer.fit(module, random_loader())
 
     assert [e["epoch"] for e in callback.events] == [FIT_START]  # once, before epoch 0, never at an epoch's end
     assert record.widths == widths(module)  # the first step already trained the pruned shapes
     assert count_macs_params(module.model, EXAMPLE)[0] <= 0.5 * dense_macs
     assert record.optimised_ids == record.live_ids  # the optimizer steps the pruned parameters
-    for before, after in zip(epoch_weights, epoch_weights[1:], strict=False):
+    for before, after in zip(record.epoch_weights, record.epoch_weights[1:], strict=False):
         assert not torch.equal(before["model.stem.0.weight"], after["model.stem.0.weight"]), "no fine-tuning"
     # the one-cycle schedule is the one a fresh fit of the pruned model follows, from its first step
     fresh = classifier(copy.deepcopy(module.model))
     fresh_record = FirstStep()
-    quiet_trainer(max_epochs=3, callbacks=[recording_callback(fresh_record)]).fit(fresh, random_loader())
+    quiet_trainer(max_epochs=3, callbacks=[fresh_record]).fit(fresh, random_loader())
     assert record.lrs == pytest.approx(fresh_record.lrs)
     # the prune/* metrics reached the logger at step 0
     sent = [metrics for step, metrics in logger.metrics if step == 0 and "prune/macs_ratio" in metrics]
