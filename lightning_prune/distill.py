@@ -22,6 +22,7 @@ from typing_extensions import override
 from .engine.distill import distillation_loss, logits_of
 from .engine.spec import DistillSpec
 from .lightning_compat import copy_without_trainer
+from .session_callback import SessionCallback
 
 NO_FORWARD_ERROR = (
     "DistillationCallback: the student ({student}) was not called during the first training step, so there are "
@@ -139,7 +140,19 @@ class DistillationCallback(Callback):
         self._started = self._checked = False
         self._hook = student.register_forward_hook(self._capture, with_kwargs=True)
         self._wrap_training_step(pl_module)
+        self._go_before_pruning(trainer)
         rank_zero_info(f"DistillationCallback: {self.spec.describe()}")
+
+    def _go_before_pruning(self, trainer: pl.Trainer) -> None:
+        """Move this callback before the pruning callbacks in ``trainer.callbacks``: Lightning calls
+        ``on_fit_start`` in list order, and a ``PruningCallback(prune_on_fit_start=True)`` restructures the
+        student there; the teacher must be the student as the fit starts, dense. Moving an item to an earlier
+        place leaves the hooks Lightning is still calling in order (``setup``) unaffected."""
+        callbacks = trainer.callbacks
+        mine = next((i for i, c in enumerate(callbacks) if c is self), None)
+        first = next((i for i, c in enumerate(callbacks) if isinstance(c, SessionCallback)), None)
+        if mine is not None and first is not None and first < mine:
+            callbacks.insert(first, callbacks.pop(mine))
 
     def _student_of(self, pl_module: pl.LightningModule) -> nn.Module:
         name = self.spec.student

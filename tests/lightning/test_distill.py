@@ -268,6 +268,29 @@ def test_composed_with_pruning_the_student_is_pruned_and_the_teacher_stays_dense
     assert float(trainer.callback_metrics["distill/loss"]) > 0
 
 
+@pytest.mark.parametrize("distill_first", [False, True])
+def test_with_a_prune_on_fit_start_the_teacher_is_the_dense_model_the_fit_started_with(distill_first):
+    """PruningCallback(prune_on_fit_start=True) restructures the student in on_fit_start; whatever the order
+    the callbacks are given in, the teacher is the dense student as the fit starts, and the pruned student
+    learns from it."""
+    module = classifier()
+    dense = widths(module)
+    dense_weights = {k: v.clone() for k, v in module.model.state_dict().items()}
+    pruning = PruningCallback(target="macs", budget=0.5, schedule="one_shot", prune_on_fit_start=True,
+                              verbose=False)
+    distill = DistillationCallback(temperature=2.0)
+    watch = TeacherWatch(distill)
+    callbacks = [distill, pruning, watch] if distill_first else [pruning, distill, watch]
+    trainer = fit(module, callbacks, epochs=2, loader=random_loader())
+    assert [type(c) for c in trainer.callbacks[:2]] == [DistillationCallback, PruningCallback]
+    assert pruning.events[0]["epoch"] == -1 and sum(widths(module).values()) < sum(dense.values())
+    assert widths(distill.teacher) == dense
+    for key, value in distill.teacher.model.state_dict().items():
+        assert torch.equal(value, dense_weights[key]), key
+    assert all(torch.equal(seen[k], dense_weights[k.removeprefix("model.")]) for seen in watch.weights for k in seen)
+    assert float(trainer.callback_metrics["distill/loss"]) > 0
+
+
 # -- resume ----------------------------------------------------------------------------------------------
 def resumable_fit(module, directory=None, ckpt_path=None, epochs=3):
     pruning = PruningCallback(ratio=0.5, schedule="one_shot", criterion="l1", end_epoch=0, verbose=False)
