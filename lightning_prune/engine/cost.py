@@ -7,7 +7,8 @@ over the group's layers, input side or output side), so that at a given budget t
 per unit of importance go first. Three costs:
 
 - ``"latency"``: each layer's forward time, timed with hooks on the model's own device (median of
-  :data:`REPEATS` passes at batch :data:`COST_BATCH`), split evenly over its channels;
+  :data:`REPEATS` passes at batch :data:`COST_BATCH`, pooled over the layers that do the same work:
+  :func:`layer_signature`), split evenly over its channels;
 - ``"macs_memory"``: a model of one sample's share of a batch of :data:`COST_BATCH`: ``MACs +
   MEMORY_MACS_PER_ELEMENT * (activation elements + weight elements / COST_BATCH)``, split over channels
   (weights are read once per batch; on small feature maps they are most of the memory traffic);
@@ -49,7 +50,7 @@ COST_KINDS = ("latency", "macs_memory", "latency_per_mac")
 # per cycle (two 8-wide FMA units) and streams about one fp32 value per cycle from memory.
 MEMORY_MACS_PER_ELEMENT = 16.0
 COST_BATCH = 32  # timing batch for "latency" (one sample is dominated by per-call overhead)
-REPEATS = 5
+REPEATS = 9
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,32 @@ def _sync(tensors: list[torch.Tensor]) -> None:
         torch.cuda.synchronize(tensors[0].device)
 
 
+def layer_signature(module: nn.Module, sizes: tuple[int, int]) -> tuple:
+    """What a layer's forward time depends on: its type, parameter shapes, conv settings and the sizes of
+    its input and output. Layers with the same signature do the same work.
+
+    >>> a, b = nn.Conv2d(4, 8, 3), nn.Conv2d(4, 8, 3)
+    >>> layer_signature(a, (64, 128)) == layer_signature(b, (64, 128)) != layer_signature(a, (64, 256))
+    True
+    """
+    settings = tuple(getattr(module, k, None) for k in ("stride", "padding", "dilation", "groups", "transposed"))
+    shapes = tuple(tuple(p.shape) for p in module.parameters(recurse=False))
+    return type(module), shapes, settings, sizes
+
+
+def _pooled_seconds(times: Mapping[nn.Module, list[float]], sizes: Mapping[nn.Module, tuple[int, int]]
+                    ) -> dict[nn.Module, float]:
+    """Each timed layer's seconds: the median over every timing of the layers that share its signature
+    (:func:`layer_signature`), so that equal layers get equal costs and timing noise cannot rank one of two
+    identical layers as cheaper (it made the kept channels change from run to run)."""
+    pooled: dict[tuple, list[float]] = {}
+    for module, timings in times.items():
+        if module in sizes and timings:
+            pooled.setdefault(layer_signature(module, sizes[module]), []).extend(timings[1:] or timings)
+    return {module: statistics.median(pooled[layer_signature(module, sizes[module])])
+            for module in times if module in sizes and times[module]}
+
+
 @torch.inference_mode()
 def measure_costs(
     model: nn.Module, inputs: Any, kind: str, clock: Callable[[], float] = time.perf_counter
@@ -138,12 +165,13 @@ def measure_costs(
         for handle in handles:
             handle.remove()
     costs = {}
+    seconds_of = _pooled_seconds(times, sizes) if timed else {}
     for module, (width_out, width_in) in layers.items():
         if module not in sizes or not width_out or not width_in:
             continue
         in_elements, out_elements = sizes[module]
         if timed:
-            seconds = statistics.median(times[module][1:] or times[module])
+            seconds = seconds_of[module]
             macs = _macs(module, out_elements)
             costs[module] = LayerCost(seconds / width_out, seconds / width_in, macs / width_out, macs / width_in)
         else:

@@ -97,3 +97,35 @@ def test_latency_per_mac_prunes_the_layer_that_is_slow_for_its_macs():
     ChannelPruner(net, inputs, importance=per_mac, ignored_layers=[net.head]).prune_to(0.25)
     assert net.small.out_channels < net.big.out_channels
     assert net.big.out_channels + net.small.out_channels == 12
+
+
+def test_equal_layers_get_equal_timed_costs_whatever_the_noise():
+    """Two identical convs on same-sized inputs do the same work; a noisy clock times them differently, but
+    their costs are pooled (the median over both), so neither ranks as cheaper. A conv on a smaller map keeps
+    its own timing."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+            self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            small = nn.functional.avg_pool2d(x, 2)
+            return self.a(x).mean() + self.b(x).mean() + self.c(small).mean()
+
+    net = Net()
+    spans = {net.a: 1.0, net.b: 3.0, net.c: 10.0}  # the clock's noise: b always reads 3x slower than a
+    now, calls, current = [0.0], [0], []
+    for layer in spans:
+        layer.register_forward_pre_hook(lambda m, args: current.append(m))  # runs before the timing hook
+
+    def clock() -> float:  # readings alternate start, end: an end reading advances the layer's span
+        calls[0] += 1
+        if calls[0] % 2 == 0:
+            now[0] += spans[current[-1]]
+        return now[0]
+
+    costs = measure_costs(net, torch.zeros(1, 3, 8, 8), "latency", clock=clock)
+    assert costs[net.a].out == costs[net.b].out == pytest.approx(2.0 / 8)  # the median of 1s and 3s: 2
+    assert costs[net.c].out == pytest.approx(10.0 / 8)
