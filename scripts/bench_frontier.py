@@ -224,6 +224,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pruned_first_latency": dict(criterion="l2", channel_cost="latency", round_to=8, **PRUNED_FIRST),
     "pruned_first_cost": dict(criterion="l2", channel_cost="macs_memory", round_to=8, **PRUNED_FIRST),
     "pruned_first_large_final": dict(criterion="large_final", **PRUNED_FIRST),
+    # ... distilling from the trained dense model (copied at set-up, before the prune) while fine-tuning
+    "pruned_first_round8_distill": dict(criterion="l2", round_to=8, distill=True, **PRUNED_FIRST),
+    "pruned_first_latency_per_mac_distill": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8,
+                                                 distill=True, **PRUNED_FIRST),
     # everything at the end of the first epoch, the rest fine-tuning (as Torch-Pruning's "once", one epoch later)
     "finetune_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True),
     "finetune_distill_once": dict(criterion="l2", schedule="one_shot", start_epoch=0, end_epoch=0, from_dense=True,

@@ -51,6 +51,8 @@ END_EPOCH = 2
 CONTEXT = {"taylor": "global", "random": "local", "l2_fit_start": "global"}
 SPARSE_TRAINING = {"taylor": 1e-2, "random": 0.0, "l2_fit_start": 0.0}  # sparse training joins the global run
 FIT_START_SUFFIX = "_fit_start"  # l2_fit_start: criterion l2, one prune at fit start (prune_on_fit_start=True)
+# ... to a MACs budget with round_to=4: rounding lands under it (0.35), and rank 0 puts a unit back (0.43)
+FIT_START_BUDGET = dict(target="macs", budget=0.5, round_to=4)
 
 
 def digest(tensors) -> str:  # noqa: ANN001
@@ -106,6 +108,7 @@ class Probe(pl.Callback):
             world_size=trainer.world_size,
             final_params=digest(pl_module.parameters()),
             sparse_steps=sparsity.steps if (sparsity := pruning_session(trainer).sparsity) is not None else 0,
+            units=sum(event.get("search", {}).get("units", 0) for event in pruning_session(trainer).events),
             lightning_prune=lightning_prune.__file__,
         )
         Path(self.path_pattern.format(rank=trainer.global_rank)).write_text(json.dumps(self.record))
@@ -130,10 +133,10 @@ def run(criterion: str, out: str, strategy: str = "auto", devices: int = 1) -> N
     pl.seed_everything(0, verbose=False)
     module = ClassifierModule(ResidualNet(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=1e-2))
     at_fit_start = criterion.endswith(FIT_START_SUFFIX)
-    when = dict(schedule="one_shot", prune_on_fit_start=True) if at_fit_start else dict(schedule="linear",
-                                                                                         end_epoch=END_EPOCH)
+    when = (dict(schedule="one_shot", prune_on_fit_start=True, **FIT_START_BUDGET) if at_fit_start
+            else dict(schedule="linear", end_epoch=END_EPOCH, ratio=0.5))
     pruning = PruningCallback(
-        ratio=0.5, criterion=criterion.removesuffix(FIT_START_SUFFIX), context=CONTEXT[criterion],
+        criterion=criterion.removesuffix(FIT_START_SUFFIX), context=CONTEXT[criterion],
         sparse_training=SPARSE_TRAINING[criterion], **when,
     )
     probe = Probe(os.path.join(out, f"{criterion}_rank{{rank}}.json"))

@@ -259,6 +259,7 @@ class BudgetSearch:
     trials: int
     seconds: float
     values: dict[float, float] = field(default_factory=dict, repr=False)  # channel ratio -> value, every trial
+    units: int = 0  # units of round_to channels the grid step removed and the budget took back (refill)
 
     def as_dict(self) -> dict[str, float | int | bool]:
         """Plain data for events and checkpoints."""
@@ -270,6 +271,7 @@ class BudgetSearch:
             "met": self.met,
             "trials": self.trials,
             "seconds": self.seconds,
+            "units": self.units,
         }
 
 
@@ -339,6 +341,49 @@ def search_channel_ratio(
     )
 
 
+def refill(
+    pruner: ChannelPruner,
+    measure: Callable[[nn.Module], float],
+    budget: float,
+    found: BudgetSearch,
+    ratio_overrides: Mapping[nn.Module, float] | None = None,
+) -> tuple[list[list], int]:
+    """The pruning records of ``found``'s grid step, less the units of channels that fit back under
+    ``budget``, and how many units that is (0: the records are the grid step's own).
+
+    With ``round_to`` torch-pruning rounds each layer's kept channels down, so the grid step that meets a
+    budget can drop a whole unit of an expensive layer (16 -> 8 channels of a ResNet's first stage) and land
+    far under it: a MACs budget of 0.5 met at 0.44. The units it removed are put back, the most important
+    first (:meth:`ChannelPruner.removed_units`), each kept only if the model still meets the budget (tried on
+    copies). Rounding's cuts stay where nothing fits back, so the model lands within one unit of the budget
+    without giving up the narrow layers rounding made. Only with ``round_to`` and global ranking (a local
+    ranking prunes every layer alike).
+    """
+    if not (pruner.round_to and pruner.global_pruning and found.met and found.granule > 0):
+        return [], 0
+    trial = clone_pruner(pruner)
+    overrides = None
+    if ratio_overrides:
+        clone_of = dict(zip(pruner.model.modules(), trial.model.modules()))
+        overrides = {clone_of[module]: value for module, value in ratio_overrides.items()}
+    records = [list(r) for r in trial.prune_to(found.ratio, overrides).history if r[2]]
+    added = 0
+    too_big: dict[int, int] = {}  # record -> size of a unit that did not fit: as large a unit of it never will
+    for _, i, unit in sorted(pruner.removed_units(records), key=lambda u: -u[0]):
+        if len(unit) >= too_big.get(i, len(unit) + 1):  # the measure only grows as units come back
+            continue
+        candidate = [list(r) for r in records]
+        candidate[i][2] = [j for j in candidate[i][2] if j not in set(unit)]
+        kept = [r for r in candidate if r[2]]
+        copy_ = clone_pruner(pruner)
+        copy_.replay(kept)
+        if float(measure(copy_.model)) <= budget:
+            records, added = candidate, added + 1
+        else:
+            too_big[i] = len(unit)
+    return [r for r in records if r[2]], added
+
+
 def merge_prune_steps(steps: list[PruneStep]) -> PruneStep:
     """One :class:`PruneStep` for several consecutive prunes: each parameter's change maps the first old
     parameter to the last new one, so :func:`~lightning_prune.engine.surgery.remap_optimizer` can apply it at once.
@@ -400,7 +445,12 @@ def prune_to_budget(
     for _ in range(max(1, max_rounds)):
         found = search_channel_ratio(pruner, measure, budget, start, ratio_overrides)
         trials += found.trials
-        steps.append(pruner.prune_to(found.ratio, dict(ratio_overrides or {})))
+        records, found.units = refill(pruner, measure, budget, found, ratio_overrides)
+        if found.units:  # the grid step's prune, less the units that fit back under the budget
+            steps.append(pruner.replay(records))
+            steps[-1].target = found.ratio
+        else:
+            steps.append(pruner.prune_to(found.ratio, dict(ratio_overrides or {})))
         found.value = float(measure(pruner.model))
         found.met = found.value <= budget
         start = found.ratio

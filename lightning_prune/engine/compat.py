@@ -161,6 +161,17 @@ def set_importance(base: tp.pruner.BasePruner, importance: Any) -> None:
     base.importance = importance
 
 
+def plain_channel_group(base: tp.pruner.BasePruner, group: Any) -> bool:
+    """Whether BasePruner ranks ``group``'s channels one by one: not repeated across channel groups (grouped
+    convolutions, GroupNorm: ``_get_channel_groups``), not an attention layer's (``_is_atten_group``), and not
+    in a scope of its own (``pruning_ratio_dict``)."""
+    scoped = set()
+    for scope in base.pruning_ratio_dict:
+        scoped |= set(scope) if isinstance(scope, tuple | list) else {scope}
+    return (base._get_channel_groups(group) == 1 and not base._is_atten_group(group)[0]
+            and group[0][0].target.module not in scoped)
+
+
 def initial_channels(base: tp.pruner.BasePruner, module: nn.Module, out: bool) -> int:
     """A layer's channel count as BasePruner recorded it at its first step (``layer_init_*_ch``)."""
     table = base.layer_init_out_ch if out else base.layer_init_in_ch

@@ -495,11 +495,8 @@ class ChannelPruner(Restructurer):
         channels; None when nothing may be removed."""
         dep, idxs = group[0]
         module, out = dep.target.module, self.graph.is_out_channel_pruning_fn(dep.handler)
-        initial, current = self._initial_channels(module, out), self._channels(module, out)
-        min_keep = max(1, math.ceil(initial * (1.0 - self.max_layer_ratio) - 1e-9))
-        if self.round_to:
-            min_keep = math.ceil(min_keep / self.round_to) * self.round_to
-        allowed = current - min_keep
+        current = self._channels(module, out)
+        allowed = current - self._min_keep(module, out)
         if len(idxs) <= allowed:
             return group
         if allowed <= 0:
@@ -510,6 +507,48 @@ class ChannelPruner(Restructurer):
         plain = torch.tensor([int(getattr(i, "idx", i)) for i in idxs])
         drop = plain[torch.argsort(scores[plain])[:allowed]]
         return self.graph.get_pruning_group(module, dep.handler, drop.tolist())
+
+    def _min_keep(self, module: nn.Module, out: bool) -> int:
+        """The fewest channels ``max_layer_ratio`` lets the layer keep (a multiple of ``round_to``)."""
+        min_keep = max(1, math.ceil(self._initial_channels(module, out) * (1.0 - self.max_layer_ratio) - 1e-9))
+        if self.round_to:
+            min_keep = math.ceil(min_keep / self.round_to) * self.round_to
+        return min_keep
+
+    def removed_units(self, records: Sequence[Sequence]) -> list[tuple[float, int, list[int]]]:
+        """The channels that pruning ``records`` (from :meth:`prune_to` on a copy of this pruner's present
+        model) would remove, cut into units of ``round_to`` (1 without), each as (mean score, record index,
+        indices), the most important unit of each record first; scores are the criterion's (cost included) on
+        the present weights. Records of groups with channel groups or attention, and those the criterion
+        does not score, give no units.
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1))
+        >>> pruner = ChannelPruner(net, torch.zeros(1, 3, 4, 4), ignored_layers=[net[1]], round_to=2)
+        >>> units = pruner.removed_units([["0", True, [5, 1, 2, 7]]])
+        >>> [(i, len(idxs)) for _, i, idxs in units], units[0][0] >= units[1][0]
+        ([(0, 2), (0, 2)], True)
+        """
+        units: list[tuple[float, int, list[int]]] = []
+        size = self.round_to or 1
+        with torch.no_grad():
+            for i, (name, is_out, idxs, *flags) in enumerate(records):
+                if flags or not idxs:
+                    continue
+                module = self.model.get_submodule(name)
+                layer_pruner = self.graph.get_pruner_of_module(module)
+                handler = layer_pruner.prune_out_channels if is_out else layer_pruner.prune_in_channels
+                group = self.graph.get_pruning_group(module, handler, list(range(self._channels(module, is_out))))
+                if not compat.plain_channel_group(self._pruner, group):
+                    continue
+                scores = self._scorer(group)
+                if scores is None:
+                    continue
+                scores = scores.detach().float().cpu()
+                ranked = sorted((int(j) for j in idxs), key=lambda j: -float(scores[j]))
+                for start in range(0, len(ranked), size):  # a remainder (a width not a multiple) comes last
+                    unit = ranked[start:start + size]
+                    units.append((float(scores[unit].mean()), i, unit))
+        return units
 
     @staticmethod
     def _owners(group) -> list[object]:  # noqa: ANN001 - torch-pruning Group

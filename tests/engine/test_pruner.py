@@ -305,3 +305,23 @@ def test_adopted_history_is_recorded_without_pruning():
     pruner.adopt_history([("0", 1, [torch.tensor(2), 5])])
     assert pruner.history() == [["0", True, [2, 5]]]
     assert widths(net) == (16, 8, 8)
+
+
+def test_removed_units_cut_a_record_into_round_to_units_most_important_first():
+    net = chain()
+    with torch.no_grad():  # conv0's channel c scores 27 * (c + 1) with the root-only L1 below
+        net[0].weight.copy_(torch.arange(1.0, 17.0).view(16, 1, 1, 1).expand(16, 3, 3, 3))
+    imp = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None, group_reduction="first")
+    pruner = ChannelPruner(net, X, importance=imp, ignored_layers=[net[6]], round_to=4)
+    units = pruner.removed_units([["0", True, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]], ["2", True, []]])
+    # units of 4 in falling importance; the remainder, the weakest, last
+    assert [(i, sorted(idxs)) for _, i, idxs in units] == [(0, [6, 7, 8, 9]), (0, [2, 3, 4, 5]), (0, [0, 1])]
+    assert [score for score, _, _ in units] == pytest.approx([27 * 8.5, 27 * 4.5, 27 * 1.5])
+    assert widths(net) == (16, 8, 8)  # scoring prunes nothing
+
+
+def test_removed_units_skip_attention_records_and_channel_groups():
+    net = nn.Sequential(nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.Conv2d(8, 2, 1))
+    pruner = ChannelPruner(net, torch.zeros(1, 4, 4, 4), ignored_layers=[net[2]], round_to=2)
+    assert pruner.removed_units([["0", True, [0, 4], "dims"]]) == []  # an attention cut
+    assert pruner.removed_units([["0", True, [0, 4]]]) == []  # conv0 feeds a grouped conv: channel groups

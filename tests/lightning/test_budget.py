@@ -496,3 +496,98 @@ def test_budget_searches_measure_the_inputs_moved_to_the_device_at_fit_start(mon
     assert len(moved) == 1 and after_start, "no budget measure ran after fit start"
     assert all(inputs is moved[0] for inputs in after_start)
     assert callback.example_inputs is moved[0]
+
+
+# -- round_to: units fill the budget after the grid step ----------------------------------------------
+def one_unit_granule(model: nn.Module, unit: int) -> float:
+    """The largest MACs share ``unit`` channels of any prunable group have in the dense model (a unit of a
+    pruned model costs at most that: its neighbours only get narrower)."""
+    dense = count_macs_params(model, X)[0]
+    base = copy.deepcopy(model)
+    n_groups = len(_groups(base, tp.DependencyGraph().build_dependency(base, example_inputs=X), [base.fc]))
+    worst = 0.0
+    for i in range(n_groups):
+        trial = copy.deepcopy(model)
+        dg = tp.DependencyGraph().build_dependency(trial, example_inputs=X)
+        dep = _groups(trial, dg, [trial.fc])[i][0].dep
+        dg.get_pruning_group(dep.target.module, dep.handler, list(range(unit))).prune()
+        worst = max(worst, 1 - count_macs_params(trial, X)[0] / dense)
+    return worst
+
+
+def test_a_round_to_budget_takes_back_units_to_within_one_unit_of_the_budget():
+    """torch-pruning rounds kept channels DOWN, so the grid step that meets a budget can drop 8 channels of an
+    expensive stage at once and land far under it. The search's own value is that landing; the prune puts
+    units back while the budget holds: it lands between the two, within one unit of the budget, no layer
+    narrower than the grid step left it, every width a multiple of 8."""
+    torch.manual_seed(0)
+    net = TinyResNet()
+    unit_share = one_unit_granule(net, 8)
+    dense = count_macs_params(net, X)[0]
+
+    def measure(model):
+        return count_macs_params(model, X)[0] / dense
+
+    took_back = False
+    for budget in (0.45, 0.55, 0.65, 0.75):
+        model = copy.deepcopy(net)
+        pruner = ChannelPruner(model, X, ignored_layers=[model.fc], round_to=8)
+        plain = search_channel_ratio(pruner, measure, budget)  # the grid step alone
+        grid = clone_pruner(pruner)
+        grid.prune_to(plain.ratio)
+        step, found = budget_module.prune_to_budget(pruner, measure, budget)
+        value = measure(model)
+        assert found.value == pytest.approx(value) and step.target == found.ratio == plain.ratio
+        assert plain.value <= value <= budget, (budget, plain.value, value)
+        assert budget - value < unit_share, (budget, value, unit_share)
+        assert all(w % 8 == 0 for w in convs(model).values()), convs(model)
+        assert all(convs(model)[n] >= w for n, w in convs(grid.model).items())
+        took_back |= found.units > 0 and value > plain.value
+        # the record replays: a fresh copy restructured from the history has the same widths and weights
+        copy_of = copy.deepcopy(net)
+        ChannelPruner(copy_of, X, ignored_layers=[copy_of.fc], round_to=8).replay(pruner.history())
+        assert convs(copy_of) == convs(model)
+        assert all(torch.equal(a, b) for a, b in zip(copy_of.state_dict().values(), model.state_dict().values()))
+    assert took_back  # some budget was met closer than the grid step met it
+
+
+def test_without_round_to_or_with_local_ranking_no_units_are_taken_back():
+    torch.manual_seed(0)
+    dense = count_macs_params(TinyResNet(), X)[0]
+    for kwargs in ({}, {"round_to": 8, "global_pruning": False}):
+        model = TinyResNet()
+        pruner = ChannelPruner(model, X, ignored_layers=[model.fc], **kwargs)
+        _, found = budget_module.prune_to_budget(pruner, lambda m: count_macs_params(m, X)[0] / dense, 0.55)
+        assert found.units == 0 and found.met
+
+
+def test_a_round_to_budget_in_a_fit_takes_back_units_and_training_goes_on():
+    """The callback with ``round_to=8``: each pruning epoch lands within one unit under its budget (units put
+    back, counted in the event's search), Adam's state follows the replayed prune, and training goes on."""
+    pl.seed_everything(0, verbose=False)
+    module = classifier()
+    unit_share = one_unit_granule(module.model, 8)
+    callback = PruningCallback(target="macs", budget=0.45, round_to=8, schedule="linear", end_epoch=1, verbose=False)
+    snapshots = []
+
+    class Snapshot(pl.Callback):  # after the pruning callback: the weights each epoch ends with
+        def on_train_epoch_end(self, trainer, pl_module):
+            snapshots.append([p.detach().clone() for p in pl_module.parameters()])
+
+    recorder = Recorder(count_macs_params(module, X))
+    trainer = quiet_trainer(max_epochs=3, callbacks=[callback, recorder, Snapshot()])
+    trainer.fit(module, loader())
+    budgets = [event["prune/budget_target"] for event in callback.events]
+    assert budgets == pytest.approx([0.725, 0.45])
+    for event, budget in zip(callback.events, budgets):
+        assert budget - unit_share < event["prune/macs_ratio"] <= budget, (event, budget, unit_share)
+    assert sum(event["search"]["units"] for event in callback.events) > 0  # the fill did something
+    assert all(w % 8 == 0 for w in convs(module).values())
+    optimizer = trainer.optimizers[0]
+    live = list(module.parameters())
+    assert [p for group in optimizer.param_groups for p in group["params"]] == live
+    for param in live:
+        state = optimizer.state[param]
+        assert state["exp_avg"].shape == param.shape and state["exp_avg_sq"].shape == param.shape
+    assert recorder.widths[1] == recorder.widths[2]  # epoch 2 only trains the pruned model ...
+    assert any(not torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))  # ... and its weights move

@@ -109,6 +109,8 @@ def test_every_rank_prunes_the_same_channels_and_keeps_synchronising(ddp_run, cr
     # ResidualNet has 40 prunable channels: 16 in the residual group, 24 in the block
     if criterion.endswith(FIT_START_SUFFIX):  # pruned once before epoch 0: every epoch trained the pruned model
         assert reference["kept"] == [reference["kept"][0]] * EPOCHS and reference["kept"][0] < 40
+        # to a MACs budget with round_to: rank 0 put units back after the grid step, the other rank replayed it
+        assert rank0["units"] == reference["units"] > 0
     else:  # it pruned in several steps
         assert reference["kept"][END_EPOCH] < reference["kept"][0] < 40
     if CONTEXT[criterion] == "local":  # per-layer widths follow from the schedule alone
