@@ -290,12 +290,18 @@ def trial_value(
     (4.0, 8)
     """
     trial = clone_pruner(pruner)
-    overrides = None
-    if ratio_overrides:
-        clone_of = dict(zip(pruner.model.modules(), trial.model.modules()))
-        overrides = {clone_of[module]: value for module, value in ratio_overrides.items()}
-    trial.prune_to(ratio, overrides)
+    trial.prune_to(ratio, overrides_of_clone(pruner, trial, ratio_overrides))
     return float(measure(trial.model))
+
+
+def overrides_of_clone(
+    pruner: ChannelPruner, clone: ChannelPruner, ratio_overrides: Mapping[nn.Module, float] | None
+) -> dict[nn.Module, float] | None:
+    """``ratio_overrides`` keyed by the clone's modules instead of ``pruner``'s."""
+    if not ratio_overrides:
+        return None
+    clone_of = dict(zip(pruner.model.modules(), clone.model.modules()))
+    return {clone_of[module]: value for module, value in ratio_overrides.items()}
 
 
 def search_channel_ratio(
@@ -362,18 +368,15 @@ def refill(
     if not (pruner.round_to and pruner.global_pruning and found.met and found.granule > 0):
         return [], 0
     trial = clone_pruner(pruner)
-    overrides = None
-    if ratio_overrides:
-        clone_of = dict(zip(pruner.model.modules(), trial.model.modules()))
-        overrides = {clone_of[module]: value for module, value in ratio_overrides.items()}
-    records = [list(r) for r in trial.prune_to(found.ratio, overrides).history if r[2]]
+    grid_step_records = trial.prune_to(found.ratio, overrides_of_clone(pruner, trial, ratio_overrides)).history
+    records = [list(r) for r in grid_step_records if r[2]]
     added = 0
     too_big: dict[int, int] = {}  # record -> size of a unit that did not fit: as large a unit of it never will
     for _, i, unit in sorted(pruner.removed_units(records), key=lambda u: -u[0]):
         if len(unit) >= too_big.get(i, len(unit) + 1):  # the measure only grows as units come back
             continue
-        candidate = [list(r) for r in records]
-        candidate[i][2] = [j for j in candidate[i][2] if j not in set(unit)]
+        candidate, back = [list(r) for r in records], set(unit)
+        candidate[i][2] = [j for j in candidate[i][2] if j not in back]
         kept = [r for r in candidate if r[2]]
         copy_ = clone_pruner(pruner)
         copy_.replay(kept)
