@@ -118,12 +118,11 @@ def _pooled_seconds(times: Mapping[nn.Module, list[float]], sizes: Mapping[nn.Mo
     """Each timed layer's seconds: the median over every timing of the layers that share its signature
     (:func:`layer_signature`), so that equal layers get equal costs and timing noise cannot rank one of two
     identical layers as cheaper (it made the kept channels change from run to run)."""
+    signature = {m: layer_signature(m, sizes[m]) for m, timings in times.items() if m in sizes and timings}
     pooled: dict[tuple, list[float]] = {}
-    for module, timings in times.items():
-        if module in sizes and timings:
-            pooled.setdefault(layer_signature(module, sizes[module]), []).extend(timings[1:] or timings)
-    return {module: statistics.median(pooled[layer_signature(module, sizes[module])])
-            for module in times if module in sizes and times[module]}
+    for module, key in signature.items():
+        pooled.setdefault(key, []).extend(times[module][1:] or times[module])  # the first pass warms up
+    return {module: statistics.median(pooled[key]) for module, key in signature.items()}
 
 
 @torch.inference_mode()

@@ -495,8 +495,11 @@ class ChannelPruner(Restructurer):
         channels; None when nothing may be removed."""
         dep, idxs = group[0]
         module, out = dep.target.module, self.graph.is_out_channel_pruning_fn(dep.handler)
-        current = self._channels(module, out)
-        allowed = current - self._min_keep(module, out)
+        initial, current = self._initial_channels(module, out), self._channels(module, out)
+        min_keep = max(1, math.ceil(initial * (1.0 - self.max_layer_ratio) - 1e-9))
+        if self.round_to:
+            min_keep = math.ceil(min_keep / self.round_to) * self.round_to
+        allowed = current - min_keep
         if len(idxs) <= allowed:
             return group
         if allowed <= 0:
@@ -507,13 +510,6 @@ class ChannelPruner(Restructurer):
         plain = torch.tensor([int(getattr(i, "idx", i)) for i in idxs])
         drop = plain[torch.argsort(scores[plain])[:allowed]]
         return self.graph.get_pruning_group(module, dep.handler, drop.tolist())
-
-    def _min_keep(self, module: nn.Module, out: bool) -> int:
-        """The fewest channels ``max_layer_ratio`` lets the layer keep (a multiple of ``round_to``)."""
-        min_keep = max(1, math.ceil(self._initial_channels(module, out) * (1.0 - self.max_layer_ratio) - 1e-9))
-        if self.round_to:
-            min_keep = math.ceil(min_keep / self.round_to) * self.round_to
-        return min_keep
 
     def removed_units(self, records: Sequence[Sequence]) -> list[tuple[float, int, list[int]]]:
         """The channels that pruning ``records`` (from :meth:`prune_to` on a copy of this pruner's present

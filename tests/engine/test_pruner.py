@@ -321,7 +321,10 @@ def test_removed_units_cut_a_record_into_round_to_units_most_important_first():
 
 
 def test_removed_units_skip_attention_records_and_channel_groups():
+    plain = chain()
+    pruner = ChannelPruner(plain, X, ignored_layers=[plain[6]], round_to=2)
+    assert pruner.removed_units([["0", True, [0, 4]]])  # a plain group gives units ...
+    assert pruner.removed_units([["0", True, [0, 4], "dims"]]) == []  # ... an attention cut of it none
     net = nn.Sequential(nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.Conv2d(8, 2, 1))
     pruner = ChannelPruner(net, torch.zeros(1, 4, 4, 4), ignored_layers=[net[2]], round_to=2)
-    assert pruner.removed_units([["0", True, [0, 4], "dims"]]) == []  # an attention cut
     assert pruner.removed_units([["0", True, [0, 4]]]) == []  # conv0 feeds a grouped conv: channel groups
