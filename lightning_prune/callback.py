@@ -84,7 +84,8 @@ class PruningCallback(SessionCallback):
         sparse_start_epoch: first epoch of sparse training.
         sparse_end_epoch: last epoch of sparse training; default: ``end_epoch`` (the last pruning epoch).
         channel_cost: rank channels by importance per unit of cost (global context only): ``"latency"``
-            (each layer's time on the training device), ``"macs_memory"`` (MACs plus memory traffic),
+            (each layer's time on the training device; with ``round_to``, what removing units of that
+            many channels saves), ``"macs_memory"`` (MACs plus memory traffic),
             ``"latency_per_mac"`` (that time per MAC saved: slow-for-their-MACs layers first), ``"none"``,
             or ``"auto"`` (``"latency"`` with ``target="latency"``, else none).
         prune_on_fit_start: prune once, to the full ratio or budget, when the fit starts (after the optimizers

@@ -8,7 +8,11 @@ per unit of importance go first. Three costs:
 
 - ``"latency"``: each layer's forward time, timed with hooks on the model's own device (median of
   :data:`REPEATS` passes at batch :data:`COST_BATCH`, pooled over the layers that do the same work:
-  :func:`layer_signature`), split evenly over its channels;
+  :func:`layer_signature`), split evenly over its channels. With a ``unit`` (the pruner's ``round_to``),
+  conv and linear layers are instead charged what removing whole units saves: each is also timed on its own
+  input at full width and one and two units narrower on each side (:func:`unit_savings`), because kernels
+  work in blocks of channels and some layers' time hardly depends on one side's width (a conv on a large
+  map with few output channels is bound by reading its input), so an even split misplaces the time;
 - ``"macs_memory"``: a model of one sample's share of a batch of :data:`COST_BATCH`: ``MACs +
   MEMORY_MACS_PER_ELEMENT * (activation elements + weight elements / COST_BATCH)``, split over channels
   (weights are read once per batch; on small feature maps they are most of the memory traffic);
@@ -51,6 +55,9 @@ COST_KINDS = ("latency", "macs_memory", "latency_per_mac")
 MEMORY_MACS_PER_ELEMENT = 16.0
 COST_BATCH = 32  # timing batch for "latency" (one sample is dominated by per-call overhead)
 REPEATS = 9
+# a layer whose units save no measurable time still costs this share of its evenly split time per channel
+# (a zero cost would make its channels unprunable and its scores divide by zero)
+FLOOR_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,40 @@ def _sync(tensors: list[torch.Tensor]) -> None:
         torch.cuda.synchronize(tensors[0].device)
 
 
+def _narrowed(module: nn.Module, x: torch.Tensor, side: str, keep: int) -> Callable[[], Any] | None:
+    """A call of ``module``'s own kernel on ``x`` with only the first ``keep`` output (``side="out"``) or
+    input (``"in"``) channels, its operands sliced beforehand; None for layers it cannot narrow (grouped or
+    transposed convs, others)."""
+    weight, bias = module.weight, getattr(module, "bias", None)
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
+        if side == "out":
+            w, b, inp = weight[:keep], None if bias is None else bias[:keep], x
+        else:
+            w, b, inp = weight[:, :keep].contiguous(), bias, x[:, :keep].contiguous()
+        return lambda: module._conv_forward(inp, w, b)
+    if isinstance(module, nn.Linear):
+        if side == "out":
+            w, b, inp = weight[:keep], None if bias is None else bias[:keep], x
+        else:
+            w, b, inp = weight[:, :keep].contiguous(), bias, x[..., :keep].contiguous()
+        return lambda: nn.functional.linear(inp, w, b)
+    return None
+
+
+def unit_savings(full: float, narrower: Mapping[int, float], unit: int, width: int) -> float:
+    """Per-channel time saved by removing units of ``unit`` channels from a side ``width`` wide: the best
+    over ``narrower`` (units removed -> seconds) of (``full`` - seconds) / channels removed, at least
+    :data:`FLOOR_SHARE` of ``full / width``.
+
+    >>> unit_savings(1.0, {1: 1.0, 2: 0.5}, unit=8, width=32)  # one unit saves nothing, two save half
+    0.03125
+    >>> unit_savings(1.0, {1: 1.0}, unit=8, width=32)  # nothing: the floor
+    0.0015625
+    """
+    saved = max(((full - seconds) / (k * unit) for k, seconds in narrower.items()), default=0.0)
+    return max(saved, FLOOR_SHARE * full / width)
+
+
 def layer_signature(module: nn.Module, sizes: tuple[int, int]) -> tuple:
     """What a layer's forward time depends on: its type, parameter shapes, conv settings and the sizes of
     its input and output. Layers with the same signature do the same work.
@@ -127,10 +168,12 @@ def _pooled_seconds(times: Mapping[nn.Module, list[float]], sizes: Mapping[nn.Mo
 
 @torch.inference_mode()
 def measure_costs(
-    model: nn.Module, inputs: Any, kind: str, clock: Callable[[], float] = time.perf_counter
+    model: nn.Module, inputs: Any, kind: str, clock: Callable[[], float] = time.perf_counter,
+    unit: int | None = None,
 ) -> dict[nn.Module, LayerCost]:
     """Per-channel cost of every conv, linear and norm layer of ``model`` on ``inputs`` (one sample), as
-    ``kind`` (:data:`COST_KINDS`) measures it; modes are restored."""
+    ``kind`` (:data:`COST_KINDS`) measures it; modes are restored. ``unit``: with a timed kind, charge conv
+    and linear layers what removing units of that many channels saves (see the module docstring)."""
     if kind not in COST_KINDS:
         raise ValueError(f"cost kind {kind!r} is unknown; choose one of {list(COST_KINDS)}")
     layers = {m: w for m in model.modules() if (w := _widths(m)) is not None}
@@ -139,6 +182,22 @@ def measure_costs(
     started: dict[nn.Module, float] = {}
     timed = kind in ("latency", "latency_per_mac")
     batch = COST_BATCH if timed else 1
+    # with a unit: (side, units removed) -> layer -> seconds of its narrowed kernel; (side, 0) is full width
+    narrowed: dict[tuple[str, int], dict[nn.Module, list[float]]] = {}
+
+    def time_narrowed(module: nn.Module, args: tuple) -> None:
+        x = output_tensors(args)[:1]
+        if not x or unit is None:
+            return
+        for side, width in zip(("out", "in"), layers[module]):
+            for k in (0, 1, 2):
+                call = _narrowed(module, x[0], side, width - k * unit) if width - k * unit >= 1 else None
+                if call is None:
+                    continue
+                _sync(x)
+                began = clock()
+                _sync(output_tensors(call()))
+                narrowed.setdefault((side, k), {}).setdefault(module, []).append(clock() - began)
 
     def before(module: nn.Module, args: tuple) -> None:
         if timed:
@@ -149,6 +208,7 @@ def measure_costs(
         if timed:
             _sync(output_tensors(output))
             times[module].append(clock() - started[module])
+            time_narrowed(module, args)
         first_in, first_out = output_tensors(args)[:1], output_tensors(output)[:1]
         if first_in and first_out:
             sizes[module] = (first_in[0].numel() // batch, first_out[0].numel() // batch)
@@ -165,6 +225,7 @@ def measure_costs(
             handle.remove()
     costs = {}
     seconds_of = _pooled_seconds(times, sizes) if timed else {}
+    narrowed_of = {key: _pooled_seconds(timings, sizes) for key, timings in narrowed.items()}
     for module, (width_out, width_in) in layers.items():
         if module not in sizes or not width_out or not width_in:
             continue
@@ -172,7 +233,13 @@ def measure_costs(
         if timed:
             seconds = seconds_of[module]
             macs = _macs(module, out_elements)
-            costs[module] = LayerCost(seconds / width_out, seconds / width_in, macs / width_out, macs / width_in)
+            out, in_ = seconds / width_out, seconds / width_in
+            if unit is not None and module in narrowed_of.get(("out", 0), {}):
+                out, in_ = (unit_savings(narrowed_of[(side, 0)][module],
+                                         {k: narrowed_of[(side, k)][module] for k in (1, 2)
+                                          if module in narrowed_of.get((side, k), {})}, unit, width)
+                            for side, width in (("out", width_out), ("in", width_in)))
+            costs[module] = LayerCost(out, in_, macs / width_out, macs / width_in)
         else:
             macs = _macs(module, out_elements)
             weights = sum(p.numel() for p in module.parameters(recurse=False)) / COST_BATCH

@@ -291,7 +291,8 @@ class ScheduledPruning:
         on the inputs' device; a no-op without."""
         if self.cost_aware is not None and self.chooses:
             assert self.spec.cost_kind is not None
-            self.cost_aware.costs = measure_costs(self.model, self.inputs, self.spec.cost_kind)
+            self.cost_aware.costs = measure_costs(self.model, self.inputs, self.spec.cost_kind,
+                                                 unit=self.spec.round_to)
 
     # -- pruning ------------------------------------------------------------------------------------
     def on_epoch_end(

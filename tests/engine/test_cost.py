@@ -4,6 +4,7 @@ scores by them moves a global prune towards the costly layers."""
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 import torch
@@ -11,12 +12,15 @@ from torch import nn
 
 from lightning_prune.engine.cost import (
     COST_BATCH,
+    FLOOR_SHARE,
     MEMORY_MACS_PER_ELEMENT,
     CostAwareImportance,
     measure_costs,
 )
 from lightning_prune.engine.criteria import get_criterion
 from lightning_prune.engine.pruner import ChannelPruner
+from lightning_prune.engine.session import ScheduledPruning
+from lightning_prune.engine.spec import PruningSpec
 
 
 def test_macs_memory_costs_are_macs_plus_memory_per_channel():
@@ -129,3 +133,31 @@ def test_equal_layers_get_equal_timed_costs_whatever_the_noise():
     costs = measure_costs(net, torch.zeros(1, 3, 8, 8), "latency", clock=clock)
     assert costs[net.a].out == costs[net.b].out == pytest.approx(2.0 / 8)  # the median of 1s and 3s: 2
     assert costs[net.c].out == pytest.approx(10.0 / 8)
+
+
+class InputBoundConv(nn.Conv2d):
+    """A conv whose time is 1 ms per INPUT channel, whatever its output width (like a conv on a large map
+    with few filters, bound by reading its input)."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        time.sleep(1e-3 * input.shape[1])
+        return super()._conv_forward(input, weight, bias)
+
+
+def test_with_a_unit_a_layer_is_charged_what_removing_units_saves():
+    """An even split charges the output side of an input-bound conv half its time; timing it narrower shows
+    that output units save nothing (the floor) while each input channel saves its millisecond."""
+    net = nn.Sequential(InputBoundConv(8, 16, 1))
+    even = measure_costs(net, torch.zeros(1, 8, 2, 2), "latency")[net[0]]
+    units = measure_costs(net, torch.zeros(1, 8, 2, 2), "latency", unit=4)[net[0]]
+    assert even.out == pytest.approx(8e-3 / 16, rel=0.3) and even.in_ == pytest.approx(1e-3, rel=0.3)
+    assert units.out < FLOOR_SHARE * 8e-3 / 16 * 1.5  # about the floor: removing filters saves no time
+    assert units.in_ == pytest.approx(1e-3, rel=0.3)
+    assert units.macs_out == even.macs_out  # the MACs side is unchanged
+
+
+def test_a_cost_aware_session_times_units_of_round_to():
+    net = nn.Sequential(InputBoundConv(8, 16, 1), nn.Conv2d(16, 2, 1))
+    spec = PruningSpec(ratio=0.5, channel_cost="latency", round_to=4, verbose=False)
+    session = ScheduledPruning(net, torch.zeros(1, 8, 2, 2), spec, end_epoch=0)
+    assert session.cost_aware.costs[net[0]].out < FLOOR_SHARE * 8e-3 / 16 * 1.5
