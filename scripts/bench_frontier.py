@@ -224,6 +224,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pruned_first_latency": dict(criterion="l2", channel_cost="latency", round_to=8, **PRUNED_FIRST),
     "pruned_first_cost": dict(criterion="l2", channel_cost="macs_memory", round_to=8, **PRUNED_FIRST),
     "pruned_first_large_final": dict(criterion="large_final", **PRUNED_FIRST),
+    # ... ranked by BatchNorm scales (network slimming's criterion) instead of weight norms
+    "pruned_first_bn_scale_round8": dict(criterion="bn_scale", round_to=8, **PRUNED_FIRST),
+    "pruned_first_bn_scale_latency": dict(criterion="bn_scale", channel_cost="latency", round_to=8, **PRUNED_FIRST),
+    "pruned_first_bn_scale_latency_per_mac": dict(criterion="bn_scale", channel_cost="latency_per_mac", round_to=8,
+                                                  **PRUNED_FIRST),
     # ... distilling from the trained dense model (copied at set-up, before the prune) while fine-tuning
     "pruned_first_round8_distill": dict(criterion="l2", round_to=8, distill=True, **PRUNED_FIRST),
     "pruned_first_latency_per_mac_distill": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8,
