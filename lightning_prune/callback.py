@@ -38,6 +38,11 @@ from .lightning_compat import spawns_ranks, start_method
 from .session_callback import SessionCallback
 
 
+def _in_step(trainer: pl.Trainer) -> dict[str, Any]:
+    """How every prune keeps the ranks in step: rank 0's choice replayed on all, then DDP rewrapped."""
+    return {"sync": partial(prune_in_sync, strategy=trainer.strategy), "after_change": partial(rewrap_ddp, trainer)}
+
+
 class PruningCallback(SessionCallback):
     r"""Physically remove channels on a schedule while the model trains.
 
@@ -84,8 +89,8 @@ class PruningCallback(SessionCallback):
         sparse_start_epoch: first epoch of sparse training.
         sparse_end_epoch: last epoch of sparse training; default: ``end_epoch`` (the last pruning epoch).
         channel_cost: rank channels by importance per unit of cost (global context only): ``"latency"``
-            (each layer's time on the training device; with ``round_to``, what removing units of that
-            many channels saves), ``"macs_memory"`` (MACs plus memory traffic),
+            (each layer's time on the training device, or what units of ``round_to`` save), ``"macs_memory"``
+            (MACs plus memory traffic),
             ``"latency_per_mac"`` (that time per MAC saved: slow-for-their-MACs layers first), ``"none"``,
             or ``"auto"`` (``"latency"`` with ``target="latency"``, else none).
         prune_on_fit_start: prune once, to the full ratio or budget, when the fit starts (after the optimizers
@@ -173,14 +178,12 @@ class PruningCallback(SessionCallback):
 
     @property
     def smallest_reachable(self) -> float | None:
-        budget = None if self.session is None else self.session.budget
-        return None if budget is None else budget.smallest_reachable
+        return None if self.session is None or self.session.budget is None else self.session.budget.smallest_reachable
 
     @property
     def budget_plan(self) -> BudgetSearch | None:
         """The search for the final budget on the weights before training (an estimate)."""
-        budget = None if self.session is None else self.session.budget
-        return None if budget is None else budget.plan
+        return None if self.session is None or self.session.budget is None else self.session.budget.plan
 
     @property
     def last_search(self) -> BudgetSearch | None:
@@ -233,10 +236,7 @@ class PruningCallback(SessionCallback):
         if self.spec.target == "latency":  # measured on the training device
             self._resolve_budget(trainer)
         # optimizers and LR schedulers exist by now, with no step taken: they carry over to the pruned model
-        event = self.session.on_fit_start(
-            trainer.optimizers, sync=partial(prune_in_sync, strategy=trainer.strategy),
-            after_change=partial(rewrap_ddp, trainer), checkpoint=trainer.ckpt_path,
-        )
+        event = self.session.on_fit_start(trainer.optimizers, checkpoint=trainer.ckpt_path, **_in_step(trainer))
         if event is not None:
             for logger in trainer.loggers:  # self.log is not allowed in on_fit_start; loggers log on rank 0
                 logger.log_metrics(logged_metrics(event), step=trainer.global_step)
@@ -276,12 +276,7 @@ class PruningCallback(SessionCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.session is None:
             return
-        event = self.session.on_epoch_end(
-            trainer.current_epoch,
-            trainer.optimizers,
-            sync=partial(prune_in_sync, strategy=trainer.strategy),
-            after_change=partial(rewrap_ddp, trainer),
-        )
+        event = self.session.on_epoch_end(trainer.current_epoch, trainer.optimizers, **_in_step(trainer))
         if event is None:
             return
         for name, value in logged_metrics(event).items():
@@ -304,10 +299,7 @@ class PruningCallback(SessionCallback):
         if self.session is None:
             raise RuntimeError("PruningCallback.prune needs a fit that has been set up (trainer.fit)")
         where = f"epoch {trainer.current_epoch} (to {target:.1%} of channels)"
-        return self.session.prune(
-            target, budget, fraction, trainer.optimizers, sync=partial(prune_in_sync, strategy=trainer.strategy),
-            after_change=partial(rewrap_ddp, trainer), where=where,
-        )
+        return self.session.prune(target, budget, fraction, trainer.optimizers, where=where, **_in_step(trainer))
 
     # -- reporting ------------------------------------------------------------------------------------
     @override

@@ -185,16 +185,13 @@ def measure_costs(
     # with a unit: (side, units removed) -> layer -> seconds of its narrowed kernel; (side, 0) is full width
     narrowed: dict[tuple[str, int], dict[nn.Module, list[float]]] = {}
 
-    def time_narrowed(module: nn.Module, args: tuple) -> None:
-        x = output_tensors(args)[:1]
-        if not x or unit is None:
-            return
+    def time_narrowed(module: nn.Module, x: torch.Tensor, unit: int) -> None:
         for side, width in zip(("out", "in"), layers[module]):
-            for k in (0, 1, 2):
-                call = _narrowed(module, x[0], side, width - k * unit) if width - k * unit >= 1 else None
+            for k in (0, 1, 2):  # units removed
+                call = _narrowed(module, x, side, width - k * unit) if width - k * unit >= 1 else None
                 if call is None:
-                    continue
-                _sync(x)
+                    break
+                _sync([x])
                 began = clock()
                 _sync(output_tensors(call()))
                 narrowed.setdefault((side, k), {}).setdefault(module, []).append(clock() - began)
@@ -208,8 +205,9 @@ def measure_costs(
         if timed:
             _sync(output_tensors(output))
             times[module].append(clock() - started[module])
-            time_narrowed(module, args)
         first_in, first_out = output_tensors(args)[:1], output_tensors(output)[:1]
+        if timed and unit is not None and first_in:
+            time_narrowed(module, first_in[0], unit)
         if first_in and first_out:
             sizes[module] = (first_in[0].numel() // batch, first_out[0].numel() // batch)
 
@@ -234,11 +232,10 @@ def measure_costs(
             seconds = seconds_of[module]
             macs = _macs(module, out_elements)
             out, in_ = seconds / width_out, seconds / width_in
-            if unit is not None and module in narrowed_of.get(("out", 0), {}):
-                out, in_ = (unit_savings(narrowed_of[(side, 0)][module],
-                                         {k: narrowed_of[(side, k)][module] for k in (1, 2)
-                                          if module in narrowed_of.get((side, k), {})}, unit, width)
-                            for side, width in (("out", width_out), ("in", width_in)))
+            if module in narrowed_of.get(("out", 0), {}):  # timed narrower: charged what units save
+                out, in_ = (unit_savings(narrowed_of[(side, 0)][module], {
+                    k: narrowed_of[(side, k)][module] for k in (1, 2) if module in narrowed_of.get((side, k), {})
+                }, unit, width) for side, width in (("out", width_out), ("in", width_in)))
             costs[module] = LayerCost(out, in_, macs / width_out, macs / width_in)
         else:
             macs = _macs(module, out_elements)
