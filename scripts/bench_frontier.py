@@ -70,6 +70,7 @@ from bench_common import (  # noqa: E402
     bisect_ratio,
     evaluate_accuracy,
     latency_vs_dense,
+    load_average,
     machine_info,
     markdown_table,
     modelpruning_callback,
@@ -372,6 +373,7 @@ def summarize(arm: str, system: str, level: str | None, runs: list[dict], extra:
         "acc_mean": statistics.mean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "macs_ratio": mean("macs_ratio"), "params_ratio": mean("params_ratio"),
         "latency_ratio_b1": runs[0].get("latency_ratio_b1"), "latency_ratio_b32": runs[0].get("latency_ratio_b32"),
+        "load_1min": runs[0].get("load_1min"),
         "fit_s": mean("fit_s"), "prune_s": mean("prune_s"), "epochs_trained": runs[0]["epochs_trained"],
         **(extra or {}),
     }
@@ -440,6 +442,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out.update(seed=seed, acc=evaluate_accuracy(model, val_loader), macs_ratio=macs / dense_macs,
                    params_ratio=params / dense_params)
         if seed == args.seeds[0] and dense_ref:
+            out["load_1min"] = load_average()  # what else ran while latency was timed
             for batch in (1, 32):
                 out[f"latency_ratio_b{batch}"] = latency_vs_dense(model, dense_ref[0], torch.randn(batch, *shape),
                                                                   args.latency_pairs)[0]
@@ -452,7 +455,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_json(partial_out, {"config": vars(args) | {"levels": levels}, "arms": arms})
         print(f"{name:30s} {level or '':8s} acc {result['acc_mean']:.4f} ± {result['acc_std']:.4f} "
               f"MACs {result['macs_ratio']:.3f} lat32 {fmt_opt(result['latency_ratio_b32'])} "
-              f"({result['fit_s']:.0f}s/fit)", flush=True)
+              f"(load {fmt_opt(result['load_1min'])}; {result['fit_s']:.0f}s/fit)", flush=True)
         return result
 
     levels = dict(args.levels)

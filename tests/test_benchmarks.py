@@ -377,6 +377,7 @@ def test_frontier_smoke_runs_every_arm_but_fasterai(tmp_path):
                     ("modelpruning/l1_unstructured", "2x"), ("ours/finetune_distill", "2x")}
     for arm in result["arms"]:
         assert len(arm["acc"]) == 2 and arm["latency_ratio_b1"] > 0 and arm["latency_ratio_b32"] > 0
+        assert isinstance(arm["load_1min"], float) and arm["load_1min"] >= 0  # what ran beside the timing
         if arm["system"] in ("ours", "torch_pruning"):
             assert 0 < arm["macs_ratio"] < 1 and arm["prune_s"] > 0
         else:
