@@ -230,6 +230,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pruned_first_bn_scale_latency": dict(criterion="bn_scale", channel_cost="latency", round_to=8, **PRUNED_FIRST),
     "pruned_first_bn_scale_latency_per_mac": dict(criterion="bn_scale", channel_cost="latency_per_mac", round_to=8,
                                                   **PRUNED_FIRST),
+    # ... with units of 4 channels: a timed cost can leave a slow kernel width (16) for a fast one (12)
+    "pruned_first_latency_round4": dict(criterion="l2", channel_cost="latency", round_to=4, **PRUNED_FIRST),
+    "pruned_first_bn_scale_latency_round4": dict(criterion="bn_scale", channel_cost="latency", round_to=4,
+                                                 **PRUNED_FIRST),
     # ... distilling from the trained dense model (copied at set-up, before the prune) while fine-tuning
     "pruned_first_round8_distill": dict(criterion="l2", round_to=8, distill=True, **PRUNED_FIRST),
     "pruned_first_latency_per_mac_distill": dict(criterion="l2", channel_cost="latency_per_mac", round_to=8,
