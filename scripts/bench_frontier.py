@@ -230,6 +230,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pruned_first_bn_scale_latency": dict(criterion="bn_scale", channel_cost="latency", round_to=8, **PRUNED_FIRST),
     "pruned_first_bn_scale_latency_per_mac": dict(criterion="bn_scale", channel_cost="latency_per_mac", round_to=8,
                                                   **PRUNED_FIRST),
+    # Torch-Pruning's sparse learning: the dense fit from init with group-norm regularisation, pruned at its end
+    # (one_shot), then fine-tuned as above (the same 2 x epochs)
+    "sparse_first": dict(criterion="l2", sparse_training=1e-3, sparse_first=True),
+    "sparse_first_strong": dict(criterion="l2", sparse_training=1e-2, sparse_first=True),
     # ... with units of 4 channels: a timed cost can leave a slow kernel width (16) for a fast one (12)
     "pruned_first_latency_round4": dict(criterion="l2", channel_cost="latency", round_to=4, **PRUNED_FIRST),
     "pruned_first_bn_scale_latency_round4": dict(criterion="bn_scale", channel_cost="latency", round_to=4,
@@ -256,12 +260,16 @@ def run_ours(args, data, work, seed, schedule: str, criterion: str, budget: floa
              options: dict[str, Any] | None = None) -> dict[str, Any]:
     options = dict(options or {})
     distill, from_dense = options.pop("distill", False), options.pop("from_dense", False)
+    sparse_first = options.pop("sparse_first", False)
     options.setdefault("criterion", criterion)
     model = init_model(args, work, seed)
     if from_dense:
         model.load_state_dict(torch.load(work / f"dense_{seed}.pt"))
     module = make_module(model, args)
-    if options.get("prune_on_fit_start"):  # one prune before the first step: no pruning epochs
+    if sparse_first:  # the dense fit again from init, regularised, pruned once at its end; then fine-tuned
+        last = args.epochs - 1
+        options = {"target": "macs", "schedule": "one_shot", "start_epoch": last, "end_epoch": last, **options}
+    elif options.get("prune_on_fit_start"):  # one prune before the first step: no pruning epochs
         options = {"target": "macs", **options}
     else:
         options = {"target": "macs", "schedule": schedule, "start_epoch": args.prune_start,
@@ -278,8 +286,10 @@ def run_ours(args, data, work, seed, schedule: str, criterion: str, budget: floa
             teacher.load_state_dict(torch.load(work / f"dense_{seed}.pt"))
         callbacks.append(DistillationCallback(teacher=teacher, student="model"))  # its cost is in fit_s
     seconds = fit(module, data, args, seed, args.epochs, callbacks)
+    if sparse_first:  # fine-tuned as the other prune-then-fine-tune arms: a fresh fit of the pruned model
+        seconds += fit(make_module(module.model, args), data, args, seed, args.epochs)
     return {"model": module.model, "fit_s": seconds, "prune_s": sum(map(sum, hooks.values())),
-            "epochs_trained": 2 * args.epochs if distill or from_dense else args.epochs,
+            "epochs_trained": 2 * args.epochs if distill or from_dense or sparse_first else args.epochs,
             "channel_ratio": callback.pruner.channel_ratio()}
 
 

@@ -392,13 +392,14 @@ def test_frontier_smoke_runs_every_arm_but_fasterai(tmp_path):
 
 def test_frontier_recipes_set_their_own_schedule_or_prune_before_fine_tuning(tmp_path):
     result = run_smoke("bench_frontier.py", tmp_path / "frontier.json", "--skip-peers", "--skip-fasterai",
-                       "--recipes", "finetune_once", "pruned_first")
+                       "--recipes", "finetune_once", "pruned_first", "sparse_first")
     arms = {a["arm"]: a for a in result["arms"] if a["level"] == "2x"}
-    assert set(arms) == {"ours/agp/l2", "ours/finetune_once", "ours/pruned_first"}
-    once, first = arms["ours/finetune_once"], arms["ours/pruned_first"]
+    assert set(arms) == {"ours/agp/l2", "ours/finetune_once", "ours/pruned_first", "ours/sparse_first"}
+    once, first, sparse = arms["ours/finetune_once"], arms["ours/pruned_first"], arms["ours/sparse_first"]
     assert once["schedule"] == first["schedule"] == "one_shot" and once["options"]["end_epoch"] == 0
     assert first["options"]["prune_on_fit_start"] is True  # the callback prunes the trained model at fit start
-    for arm in (once, first):  # pruned to the 2x budget, trained as long again as the dense model
+    assert sparse["options"]["sparse_training"] > 0  # the dense fit again, regularised, pruned at its end
+    for arm in (once, first, sparse):  # pruned to the 2x budget, trained as long again as the dense model
         assert 0 < arm["macs_ratio"] <= 0.5 + 1e-6 and arm["epochs_trained"] == 4 and arm["prune_s"] > 0
 
 
