@@ -419,3 +419,30 @@ def test_frontier_recipe_rows_compare_each_of_our_arms_with_the_best_and_fastest
     assert rows["ours/agp/l2"][5] == "no"
     assert distill[7] == "fasterai (0.550)" and distill[8] == "no"
     assert distill[9] == "+3.00" and distill[10] == pytest.approx(0.33 / 0.70) and distill[2] == "distill=True"
+
+
+# -- widths (bench_widths.py): what hand-set ResNet-20 widths cost ------------------------------------------
+def test_widths_smoke_times_hand_set_resnet20_widths(tmp_path):
+    result = run_smoke("bench_widths.py", tmp_path / "widths.json")
+    check_machine(result)
+    assert {(k["size"], k["channels"]) for k in result["kernels"]} == {(32, 4), (32, 8), (16, 8), (16, 12),
+                                                                       (8, 12), (8, 16)}
+    assert all(k["ms"] > 0 for k in result["kernels"])
+    half, slim = result["configs"]  # every width halved; 3/4 of every width
+    assert half["stream"] == half["inner"] == [8, 16, 32] and slim["inner"] == [12, 24, 48]
+    assert 0.25 < half["macs_ratio"] < 0.27  # convs at a quarter; the stem and the head at a half
+    assert 0.5625 < slim["macs_ratio"] < 0.58
+    for row in (half, slim):
+        assert row["latency_ratio"] > 0 and row["efficiency"] == pytest.approx(row["macs_ratio"] / row["latency_ratio"])
+    assert result["plot"] == "widths.png" and (tmp_path / "widths.png").is_file()
+
+
+def test_thinned_resnet20_has_the_widths_asked_and_runs():
+    sys.path.insert(0, str(SCRIPTS))
+    from bench_widths import thinned_resnet20
+
+    net = thinned_resnet20((12, 24, 40), (4, 8, 16))
+    assert [b.conv1.out_channels for b in net.layer3] == [16, 16, 16]
+    assert [b.conv2.out_channels for b in net.layer2] == [24, 24, 24]
+    assert net.layer2[0].downsample[0].in_channels == 12 and net.layer2[0].conv1.stride == (2, 2)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
