@@ -53,8 +53,8 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
 def load_average() -> float | None:
     """The machine's 1-minute load average (runnable processes, this one included), None where the OS has
     none: a latency ratio timed while other work runs is not the one a quiet machine gives (on one 2-core
-    Xeon, the same pruned resnet20 against its dense model measured 0.83 alone and 0.75 beside a training
-    run on the other core)."""
+    Xeon, the same pruned resnet20 against its dense model measured 0.848 alone and 0.872 beside a second
+    benchmark)."""
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
