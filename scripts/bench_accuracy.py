@@ -58,6 +58,7 @@ from bench_common import (  # noqa: E402
     machine_info,
     markdown_table,
     modelpruning_callback,
+    pyplot,
     set_threads,
     write_json,
 )
@@ -309,12 +310,8 @@ def table(arms: list[dict]) -> str:
 
 
 def plot(result: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"ours": ("C0", "o"), "modelpruning": ("C3", "s"), "prune_once": ("C2", "^"),

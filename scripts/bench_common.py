@@ -61,6 +61,19 @@ def load_average() -> float | None:
         return None
 
 
+def pyplot() -> Any | None:
+    """matplotlib's pyplot on the headless Agg backend, None where matplotlib is not installed (plots are
+    optional; the JSON is the result)."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    return plt
+
+
 def set_threads(threads: int) -> int:
     """Fix the intra-op thread count (timings are not comparable across counts) and return it."""
     torch.set_num_threads(threads)

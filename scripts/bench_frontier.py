@@ -74,6 +74,7 @@ from bench_common import (  # noqa: E402
     machine_info,
     markdown_table,
     modelpruning_callback,
+    pyplot,
     set_threads,
     time_hooks,
     write_json,
@@ -401,12 +402,8 @@ def table(arms: list[dict]) -> str:
 
 
 def plot(result: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     styles = {"dense": ("k", "*"), "ours": ("C0", "o"), "fasterai": ("C1", "D"), "torch_pruning": ("C2", "^"),
               "modelpruning": ("C3", "s")}

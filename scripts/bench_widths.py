@@ -18,9 +18,7 @@ latency ratio) can be read against what any allocation of channels could reach:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +28,18 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import RESULTS_DIR, machine_info, markdown_table, set_threads, write_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    latency_vs_dense,
+    machine_info,
+    markdown_table,
+    pyplot,
+    set_threads,
+    write_json,
+)
 
 from lightning_prune.app.models import CifarBasicBlock, resnet20  # noqa: E402
-from lightning_prune.engine.latency import pairwise_latencies, pairwise_ratio  # noqa: E402
+from lightning_prune.engine.latency import measure_latency  # noqa: E402
 from lightning_prune.engine.report import count_macs_params  # noqa: E402
 
 DENSE = ((16, 32, 64), (16, 32, 64))
@@ -68,17 +74,9 @@ def thinned_resnet20(stream: tuple[int, int, int], inner: tuple[int, int, int], 
     return net.eval()
 
 
-@torch.inference_mode()
 def kernel_ms(channels: int, size: int, batch: int, repeats: int) -> float:
-    conv, x = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval(), torch.randn(batch, channels, size, size)
-    for _ in range(3):
-        conv(x)
-    spans = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        conv(x)
-        spans.append(time.perf_counter() - began)
-    return 1e3 * statistics.median(spans)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+    return 1e3 * measure_latency(conv, torch.randn(batch, channels, size, size), repeats=repeats)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,9 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configs = []
     for stream, inner in CONFIGS[:2] if args.smoke else CONFIGS:
         model = thinned_resnet20(stream, inner)
-        dense_t, model_t = pairwise_latencies([dense, model], inputs, repeats=args.pairs, warmup=3)
+        latency_ratio = latency_vs_dense(model, dense, inputs, args.pairs, warmup=3)[0]
         macs_ratio = count_macs_params(model, example)[0] / dense_macs
-        latency_ratio = pairwise_ratio(dense_t, model_t).median
         configs.append({"stream": list(stream), "inner": list(inner), "macs_ratio": macs_ratio,
                         "latency_ratio": latency_ratio, "efficiency": macs_ratio / latency_ratio})
         print(f"stream {stream} inner {inner}: MACs {macs_ratio:.3f} latency {latency_ratio:.3f} "
@@ -104,12 +101,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> Path | None:
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for row in result["configs"]:

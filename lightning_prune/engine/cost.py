@@ -111,20 +111,18 @@ def _narrowed(module: nn.Module, x: torch.Tensor, side: str, keep: int) -> Calla
     """A call of ``module``'s own kernel on ``x`` with only the first ``keep`` output (``side="out"``) or
     input (``"in"``) channels, its operands sliced beforehand; None for layers it cannot narrow (grouped or
     transposed convs, others)."""
-    weight, bias = module.weight, getattr(module, "bias", None)
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
-        if side == "out":
-            w, b, inp = weight[:keep], None if bias is None else bias[:keep], x
-        else:
-            w, b, inp = weight[:, :keep].contiguous(), bias, x[:, :keep].contiguous()
-        return lambda: module._conv_forward(inp, w, b)
-    if isinstance(module, nn.Linear):
-        if side == "out":
-            w, b, inp = weight[:keep], None if bias is None else bias[:keep], x
-        else:
-            w, b, inp = weight[:, :keep].contiguous(), bias, x[..., :keep].contiguous()
-        return lambda: nn.functional.linear(inp, w, b)
-    return None
+        kernel, channel_dim = module._conv_forward, 1
+    elif isinstance(module, nn.Linear):
+        kernel, channel_dim = nn.functional.linear, -1
+    else:
+        return None
+    weight, bias = module.weight, module.bias
+    if side == "out":
+        w, b, inp = weight[:keep], None if bias is None else bias[:keep], x
+    else:
+        w, b, inp = weight[:, :keep].contiguous(), bias, x.narrow(channel_dim, 0, keep).contiguous()
+    return lambda: kernel(inp, w, b)
 
 
 def unit_savings(full: float, narrower: Mapping[int, float], unit: int, width: int) -> float:
@@ -182,19 +180,26 @@ def measure_costs(
     started: dict[nn.Module, float] = {}
     timed = kind in ("latency", "latency_per_mac")
     batch = COST_BATCH if timed else 1
-    # with a unit: (side, units removed) -> layer -> seconds of its narrowed kernel; (side, 0) is full width
+    # with a unit: (side, units removed) -> layer -> seconds of its kernel called directly; the full width
+    # (units removed: 0) is timed once for both sides, under the key ("out", 0)
     narrowed: dict[tuple[str, int], dict[nn.Module, list[float]]] = {}
 
+    def time_call(key: tuple[str, int], module: nn.Module, call: Callable[[], Any], x: torch.Tensor) -> None:
+        _sync([x])
+        began = clock()
+        _sync(output_tensors(call()))
+        narrowed.setdefault(key, {}).setdefault(module, []).append(clock() - began)
+
     def time_narrowed(module: nn.Module, x: torch.Tensor, unit: int) -> None:
+        full = _narrowed(module, x, "out", layers[module][0])
+        if full is None:
+            return
+        time_call(("out", 0), module, full, x)
         for side, width in zip(("out", "in"), layers[module]):
-            for k in (0, 1, 2):  # units removed
-                call = _narrowed(module, x, side, width - k * unit) if width - k * unit >= 1 else None
-                if call is None:
+            for k in (1, 2):  # units removed
+                if width - k * unit < 1:
                     break
-                _sync([x])
-                began = clock()
-                _sync(output_tensors(call()))
-                narrowed.setdefault((side, k), {}).setdefault(module, []).append(clock() - began)
+                time_call((side, k), module, _narrowed(module, x, side, width - k * unit), x)
 
     def before(module: nn.Module, args: tuple) -> None:
         if timed:
@@ -232,8 +237,9 @@ def measure_costs(
             seconds = seconds_of[module]
             macs = _macs(module, out_elements)
             out, in_ = seconds / width_out, seconds / width_in
-            if module in narrowed_of.get(("out", 0), {}):  # timed narrower: charged what units save
-                out, in_ = (unit_savings(narrowed_of[(side, 0)][module], {
+            full = narrowed_of.get(("out", 0), {}).get(module)
+            if full is not None:  # timed narrower: charged what units save
+                out, in_ = (unit_savings(full, {
                     k: narrowed_of[(side, k)][module] for k in (1, 2) if module in narrowed_of.get((side, k), {})
                 }, unit, width) for side, width in (("out", width_out), ("in", width_in)))
             costs[module] = LayerCost(out, in_, macs / width_out, macs / width_in)
