@@ -168,6 +168,26 @@ def bisect_ratio(measure: Any, target: float, lo: float = 0.0, hi: float = 0.95,
     return best
 
 
+def calibrate_on_fits(fit_macs: Any, target: float, ratio: float, tolerance: float = 0.01,
+                      tries: int = 6) -> tuple[float, list[tuple[float, float]]]:
+    """The pruning ratio whose fit (``fit_macs(ratio)``: trained MACs fraction, non-increasing in the ratio)
+    lands nearest ``target``, starting from ``ratio`` (the dry-prune guess) and interpolating inside the
+    bracket the fits found (ratio 0 keeps every MACs); stops within ``tolerance``. Returns it and every
+    ``(ratio, trained MACs)`` tried, in order.
+
+    >>> calibrate_on_fits(lambda r: 1 - r, 0.5, 0.8)[0]  # a linear response is solved in one step
+    0.5
+    """
+    tried = [(ratio, fit_macs(ratio))]
+    lo, hi = (0.0, 1.0), (1.0, 0.0)  # (ratio, MACs) known to keep more / fewer MACs than the target
+    while abs(tried[-1][1] - target) > tolerance and len(tried) < tries:
+        r, m = tried[-1]
+        lo, hi = ((r, m), hi) if m > target else (lo, (r, m))
+        nxt = lo[0] + (lo[1] - target) * (hi[0] - lo[0]) / (lo[1] - hi[1])
+        tried.append((nxt, fit_macs(nxt)))
+    return min(tried, key=lambda t: abs(t[1] - target))[0], tried
+
+
 def time_hooks(obj: Any, names: Iterable[str]) -> dict[str, list[float]]:
     """Wrap the methods ``names`` of ``obj`` (a Lightning or fastai callback: both look hooks up on the
     instance) so that each call's wall time is appended to the returned ``{name: [seconds, ...]}``."""

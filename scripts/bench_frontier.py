@@ -13,8 +13,9 @@ batch size, epochs and seeds. Arms:
 - ``fasterai``: fasterai 0.4's ``PruneCallback`` (``context="global"``, ``criteria=large_final``,
   ``schedule=agp``) inside fastai's ``Learner.fit_one_cycle``, run by ``scripts/frontier_fasterai.py`` in its
   own virtual environment (``.venv-fasterai``, created by this script). Its ``pruning_ratio`` is searched by
-  bisection on a dry prune (all its steps, no training) of the initial model so that it lands at each level's
-  MACs.
+  bisection on a dry prune (all its steps, no training) of the initial model, then re-solved on seed 0's
+  trained fits until the trained model lands within 0.01 of each level's MACs (training moves fasterai's
+  magnitude ranking, so a dry prune alone can land far off).
 - ``torch_pruning/once`` and ``torch_pruning/iterative``: Torch-Pruning alone, as its README does it:
   ``tp.pruner.MetaPruner`` (``GroupMagnitudeImportance(p=2)``, global) prunes the *trained dense model* of the
   same seed once, or in ``--tp-steps`` steps each followed by an equal share of the fine-tuning, to the level's
@@ -499,6 +500,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 fa_models[(level, r["seed"])] = r
             arm("fasterai", "fasterai", level, runs,
                 {"pruning_ratio": per_seed[0]["ratio"], "dry_macs_ratio": per_seed[0]["dry_macs_ratio"],
+                 "ratio_fits": fasterai["searches"][level]["fits"],
                  "fastai_acc": [r["fastai_acc"] for r in runs]})
         own = next(a for a in arms if a["system"] == "fasterai" and a["level"] == "fasterai")
         if not args.no_fasterai_level:

@@ -253,6 +253,20 @@ def test_bisect_ratio_lands_on_the_budget_from_below():
     assert common.bisect_ratio(lambda r: 0.9, 0.5) == (0.95, 0.9)  # unreachable: the upper bound, reported as is
 
 
+def test_calibrate_on_fits_moves_a_dry_guess_that_overshoots_to_the_target():
+    common, _, _ = frontier_modules()
+
+    def trained_macs(ratio):  # training prunes far more than the dry guess expected (fasterai on CIFAR, 3x)
+        return max(0.0, 1.0 - 1.6 * ratio) ** 1.5
+
+    ratio, tried = common.calibrate_on_fits(trained_macs, 1 / 3, 0.78)
+    assert tried[0] == (0.78, trained_macs(0.78)) and tried[0][1] < 0.2  # the dry guess lands at 6x, not 3x
+    assert abs(trained_macs(ratio) - 1 / 3) <= 0.01 and len(tried) <= 6
+    assert ratio == min(tried, key=lambda t: abs(t[1] - 1 / 3))[0]
+    ratio, tried = common.calibrate_on_fits(trained_macs, 1 / 3, 0.32)  # near enough already: one fit
+    assert len(tried) == 1 and ratio == 0.32
+
+
 def test_time_hooks_records_each_call_and_keeps_results():
     common, _, _ = frontier_modules()
 
