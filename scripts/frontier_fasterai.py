@@ -123,19 +123,20 @@ def main(spec_path: str) -> None:
             ratio, value = bisect_ratio(lambda r: dry_macs(start, example, r, steps, dense_macs), target)
         print(f"fasterai {level}: pruning_ratio {ratio:.4f} -> dry MACs {value:.3f}", flush=True)
         seed0 = spec["seeds"][0]
-        fits: dict[float, dict] = {}  # seed 0's fits by ratio, reused for its arm
+        fits: dict[float, dict] = {}  # seed 0's fits by ratio
         dry_ratio = ratio
         tried = []
         if target is not None:
             fit_macs = partial(fitted_macs, spec, data, seed0, work, example, dense_macs, fits)
             ratio, tried = calibrate_on_fits(fit_macs, target, ratio)
+        seed0_fit = fits.get(ratio)  # reused for its arm; the other fits are dropped
+        fits.clear()
         out["searches"][level] = {"target": target, "dry_ratio": dry_ratio, "dry_macs_ratio": value,
                                   "fits": [{"ratio": r, "trained_macs_ratio": m} for r, m in tried],
                                   "ratio": ratio, "seconds": time.perf_counter() - began}
         runs = []
         for seed in spec["seeds"]:
-            result = fits.pop(ratio) if seed == seed0 and ratio in fits else train(spec, data, seed, ratio, work)
-            fits.clear()
+            result = seed0_fit if seed == seed0 and seed0_fit else train(spec, data, seed, ratio, work)
             name = f"fasterai_{level}_{seed}.pt"
             torch.save(result.pop("model"), work / name)
             runs.append({"seed": seed, "ratio": ratio, "dry_macs_ratio": value, "model_file": name, **result})

@@ -58,6 +58,7 @@ REPEATS = 9
 # a layer whose units save no measurable time still costs this share of its evenly split time per channel
 # (a zero cost would make its channels unprunable and its scores divide by zero)
 FLOOR_SHARE = 0.05
+FULL_WIDTH = ("full", 0)  # the key of a layer's kernel timed at full width, beside (side, units removed)
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,8 @@ def measure_costs(
     started: dict[nn.Module, float] = {}
     timed = kind in ("latency", "latency_per_mac")
     batch = COST_BATCH if timed else 1
-    # with a unit: (side, units removed) -> layer -> seconds of its kernel called directly; the full width
-    # (units removed: 0) is timed once for both sides, under the key ("out", 0)
+    # with a unit: (side, units removed) -> layer -> seconds of its kernel called directly; the full width,
+    # the same for both sides, is timed once under the key FULL_WIDTH
     narrowed: dict[tuple[str, int], dict[nn.Module, list[float]]] = {}
 
     def time_call(key: tuple[str, int], module: nn.Module, call: Callable[[], Any], x: torch.Tensor) -> None:
@@ -194,7 +195,7 @@ def measure_costs(
         full = _narrowed(module, x, "out", layers[module][0])
         if full is None:
             return
-        time_call(("out", 0), module, full, x)
+        time_call(FULL_WIDTH, module, full, x)
         for side, width in zip(("out", "in"), layers[module]):
             for k in (1, 2):  # units removed
                 if width - k * unit < 1:
@@ -237,7 +238,7 @@ def measure_costs(
             seconds = seconds_of[module]
             macs = _macs(module, out_elements)
             out, in_ = seconds / width_out, seconds / width_in
-            full = narrowed_of.get(("out", 0), {}).get(module)
+            full = narrowed_of.get(FULL_WIDTH, {}).get(module)
             if full is not None:  # timed narrower: charged what units save
                 out, in_ = (unit_savings(full, {
                     k: narrowed_of[(side, k)][module] for k in (1, 2) if module in narrowed_of.get((side, k), {})
