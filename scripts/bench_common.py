@@ -36,10 +36,13 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     import lightning
     import torch_pruning
 
+    from lightning_prune.engine.latency import allocator_regime  # noqa: PLC0415
+
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": threads if threads is not None else torch.get_num_threads(),
+        "allocator": allocator_regime(),
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "torch_pruning": torch_pruning.__version__,
@@ -75,8 +78,12 @@ def pyplot() -> Any | None:
 
 
 def set_threads(threads: int) -> int:
-    """Fix the intra-op thread count (timings are not comparable across counts) and return it."""
+    """Fix the intra-op thread count (timings are not comparable across counts) and the allocator's regime
+    (``steady_allocator``, which the engine's CPU timings set as well), and return the thread count."""
+    from lightning_prune.engine.latency import steady_allocator  # noqa: PLC0415 - not in the fasterai worker
+
     torch.set_num_threads(threads)
+    steady_allocator()  # the engine times CPU passes this way too
     return torch.get_num_threads()
 
 

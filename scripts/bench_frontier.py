@@ -380,6 +380,12 @@ def run_fasterai(args, work: Path, targets: dict[str, float | None]) -> dict[str
 
 
 # -- results ------------------------------------------------------------------------------------------
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv and linear layer (seed 0's model, the one whose latency is timed)."""
+    return {name: m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+            for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)}
+
+
 def summarize(arm: str, system: str, level: str | None, runs: list[dict], extra: dict | None = None) -> dict:
     """One arm's record from its per-seed runs (accuracy, MACs and params ratios, times; latency from seed 0)."""
     accs = [r["acc"] for r in runs]
@@ -391,7 +397,7 @@ def summarize(arm: str, system: str, level: str | None, runs: list[dict], extra:
         "latency_ratio_b1": runs[0].get("latency_ratio_b1"), "latency_ratio_b32": runs[0].get("latency_ratio_b32"),
         "load_1min": runs[0].get("load_1min"),
         "fit_s": mean("fit_s"), "prune_s": mean("prune_s"), "epochs_trained": runs[0]["epochs_trained"],
-        **(extra or {}),
+        **({"widths": runs[0]["widths"]} if "widths" in runs[0] else {}), **(extra or {}),
     }
 
 
@@ -455,6 +461,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    params_ratio=params / dense_params)
         if seed == args.seeds[0] and dense_ref:
             out["load_1min"] = load_average()  # what else ran while latency was timed
+            out["widths"] = layer_widths(model)
             for batch in (1, 32):
                 out[f"latency_ratio_b{batch}"] = latency_vs_dense(model, dense_ref[0], torch.randn(batch, *shape),
                                                                   args.latency_pairs)[0]

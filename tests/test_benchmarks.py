@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,8 @@ def overhead(tmp_path_factory) -> dict:
 def check_machine(result: dict) -> None:
     machine = result["machine"]
     assert machine["threads"] >= 1 and machine["torch"] == torch.__version__ and machine["date"].endswith("UTC")
+    if platform.libc_ver()[0] == "glibc":  # timed as a long-running process runs: no page faults per pass
+        assert machine["allocator"].startswith("steady")
 
 
 # -- latency -----------------------------------------------------------------------------------------
@@ -190,6 +193,17 @@ def test_pairwise_latencies_interleave_and_time_with_the_clock():
     times = pairwise_latencies([a, b], torch.zeros(1), repeats=3, warmup=1, clock=clock)
     assert log == ["a", "b"] * 4
     assert times == [[1.0, 2.0, 3.0], [0.5, 1.0, 1.5]]
+
+
+def test_cpu_latencies_are_timed_with_freed_buffers_kept_in_the_process():
+    # a fresh process (the setting is process-wide): glibc's defaults would fault large activations in anew
+    code = ("import torch\nfrom lightning_prune.engine.latency import allocator_regime, measure_latency\n"
+            "before = allocator_regime()\nmeasure_latency(torch.nn.Linear(4, 4), torch.zeros(1, 4), repeats=1)\n"
+            "print(before, '|', allocator_regime())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    before, after = (part.strip() for part in out.split("|"))
+    assert before == "default"
+    assert after.startswith("steady") if platform.libc_ver()[0] == "glibc" else after == "default"
 
 
 def test_pairwise_latencies_time_in_eval_mode_restore_modes_and_reject_bad_counts():
@@ -394,6 +408,8 @@ def test_frontier_smoke_runs_every_arm_but_fasterai(tmp_path):
         assert isinstance(arm["load_1min"], float) and arm["load_1min"] >= 0  # what ran beside the timing
         if arm["system"] in ("ours", "torch_pruning"):
             assert 0 < arm["macs_ratio"] < 1 and arm["prune_s"] > 0
+            widths = arm["widths"]  # seed 0's model's (the timed one's); the tiny model is 16 and 32 wide
+            assert set(widths) == {"c1", "c2", "fc"} and widths["fc"] == 10 and widths["c1"] + widths["c2"] < 48
         else:
             assert arm["macs_ratio"] == pytest.approx(1.0)
     assert result["fasterai"] is None and result["leaders"]["2x"]["accuracy"] is not None

@@ -4,6 +4,9 @@ scores by them moves a global prune towards the costly layers."""
 from __future__ import annotations
 
 import itertools
+import platform
+import subprocess
+import sys
 import time
 
 import pytest
@@ -161,3 +164,21 @@ def test_a_cost_aware_session_times_units_of_round_to():
     spec = PruningSpec(ratio=0.5, channel_cost="latency", round_to=4, verbose=False)
     session = ScheduledPruning(net, torch.zeros(1, 8, 2, 2), spec, end_epoch=0)
     assert session.cost_aware.costs[net[0]].out < FLOOR_SHARE * 8e-3 / 16 * 1.5
+
+
+@pytest.mark.parametrize("kind, steady", [("latency", True), ("latency_per_mac", True), ("macs_memory", False)])
+def test_timed_costs_on_cpu_keep_freed_buffers_in_the_process(kind, steady):
+    # in a fresh process (the setting is process-wide) glibc's defaults would charge page faults to the
+    # layers with large activations; timing sets the steady allocator first, a MACs model does not
+    code = (
+        "import torch, sys\n"
+        "from lightning_prune.engine.cost import measure_costs\n"
+        "from lightning_prune.engine.latency import allocator_regime\n"
+        f"measure_costs(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8), {kind!r})\n"
+        "print(allocator_regime())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    if platform.libc_ver()[0] != "glibc":
+        assert out.strip() == "default"
+    else:
+        assert out.startswith("steady") is steady, out
