@@ -11,9 +11,10 @@ latency ratio) can be read against what any allocation of channels could reach:
   block of a stage alike), its MACs ratio, its latency ratio (median of interleaved pairs, A B A B ...) and
   its efficiency.
 
-Timings run with the steady allocator (``bench_common.steady_allocator``): with glibc's defaults the 2 MB
-activations of the 32x32 stage are mapped and faulted in anew on most passes, which makes wide 32x32 layers
-look several times slower than they run in a process that has been running a while.
+Timings keep freed buffers in the process (``lightning_prune.engine.latency.steady_allocator``, set by
+``bench_common.set_threads``): with glibc's defaults the 2 MB activations of the 32x32 stage are mapped and
+faulted in anew on most passes, which makes wide 32x32 layers look several times slower than they run in a
+process that has been running a while.
 
     python scripts/bench_widths.py --out scripts/results/explore/widths_resnet20.json   # about 2 minutes
     python scripts/bench_widths.py --smoke --out /tmp/widths.json                       # seconds
