@@ -85,6 +85,7 @@ from update_benchmark_docs import frontier_leaders  # noqa: E402
 
 from lightning_prune import PruningCallback  # noqa: E402
 from lightning_prune.app.module import ClassifierModule  # noqa: E402
+from lightning_prune.engine.attention import width  # noqa: E402
 from lightning_prune.engine.report import count_macs_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,8 +383,7 @@ def run_fasterai(args, work: Path, targets: dict[str, float | None]) -> dict[str
 # -- results ------------------------------------------------------------------------------------------
 def layer_widths(model: nn.Module) -> dict[str, int]:
     """Output channels of every conv and linear layer (seed 0's model, the one whose latency is timed)."""
-    return {name: m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
-            for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)}
+    return {name: width(m) for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)}
 
 
 def summarize(arm: str, system: str, level: str | None, runs: list[dict], extra: dict | None = None) -> dict:

@@ -49,7 +49,7 @@ from . import compat
 from .criteria import Importance
 from .hf import is_conv1d
 from .inputs import map_tensors, output_tensors
-from .latency import steady_allocator
+from .latency import steady_allocator_for
 from .pruner import call_unpacked
 
 COST_KINDS = ("latency", "macs_memory", "latency_per_mac")
@@ -184,8 +184,8 @@ def measure_costs(
     started: dict[nn.Module, float] = {}
     timed = kind in ("latency", "latency_per_mac")
     batch = COST_BATCH if timed else 1
-    if timed and not any(t.is_cuda for t in output_tensors(inputs)):
-        steady_allocator()  # no page faults charged to the layers with large activations
+    if timed:
+        steady_allocator_for(inputs)  # no page faults charged to the layers with large activations
     # with a unit: (side, units removed) -> layer -> seconds of its kernel called directly; the full width,
     # the same for both sides, is timed once under the key FULL_WIDTH
     narrowed: dict[tuple[str, int], dict[nn.Module, list[float]]] = {}

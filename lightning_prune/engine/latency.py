@@ -63,6 +63,12 @@ def steady_allocator() -> bool:
     return True
 
 
+def steady_allocator_for(inputs: object) -> None:
+    """:func:`steady_allocator` unless ``inputs`` live on a GPU (whose timings do not use glibc's heap)."""
+    if not any(t.is_cuda for t in output_tensors(inputs)):
+        steady_allocator()
+
+
 def allocator_regime() -> str:
     """``"default"``, or the thresholds :func:`steady_allocator` set."""
     return _ALLOCATOR["regime"]
@@ -97,8 +103,7 @@ def pairwise_latencies(
     module too); ``clock`` is for tests."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats!r} and {warmup!r}")
-    if not any(t.is_cuda for t in output_tensors(inputs)):
-        steady_allocator()
+    steady_allocator_for(inputs)
     with ExitStack() as stack:
         for model in models:
             if isinstance(model, nn.Module):
