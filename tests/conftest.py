@@ -69,3 +69,28 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
 @pytest.fixture(autouse=True)
 def _seed():
     pl.seed_everything(0, verbose=False)
+
+
+@pytest.fixture
+def macs_as_latency(monkeypatch) -> list[torch.device]:
+    """A latency budget's timings replaced by a deterministic stand-in (MACs x 1e-9 s), so that a test of
+    what the budget does is not at the mercy of a shared machine's timing noise. Returns the devices the
+    measured models were on, one per measured pass series."""
+    import lightning_prune.engine.budget as budget_module
+    from lightning_prune import count_macs_params
+
+    devices: list[torch.device] = []
+
+    def seconds(model: nn.Module, inputs: object) -> float:
+        devices.append(next(model.parameters()).device)
+        return count_macs_params(model, inputs)[0] * 1e-9
+
+    def fake_latency(model, inputs, repeats=20, warmup=3):
+        return seconds(model, inputs)
+
+    def fake_pairwise(models, inputs, repeats=20, warmup=3, clock=None):
+        return [[seconds(model, inputs)] for model in models]
+
+    monkeypatch.setattr(budget_module, "measure_latency", fake_latency)
+    monkeypatch.setattr(budget_module, "pairwise_latencies", fake_pairwise)
+    return devices

@@ -37,6 +37,10 @@ is on its training device. It is noisy and not strictly monotone in the widths:
 - kernels are chosen by shape (oneDNN on CPU, cuDNN/cuBLAS on GPU), so latency falls in steps: on a small
   ResNet on CPU one grid step moved latency by up to 15%, and the result lands up to that far below budget.
 
+The reachability check before training times the dense and the most pruned model in turns
+(:func:`pairwise_latencies`, median of the pairwise ratios): it decides whether the fit starts, and timed apart
+on a busy machine, a small test network's most pruned copy once measured 1.5x the dense network's time.
+
 Under DDP every rank uses rank zero's readings (the callback broadcasts them), so all ranks prune alike.
 
 *Per-layer ratios.* ``ratio_overrides={"model.layer4.*": 0.2}`` maps fnmatch patterns on module names to a
@@ -66,7 +70,7 @@ import torch  # noqa: F401 - the doctests use it
 from torch import nn
 
 from . import compat
-from .latency import measure_latency
+from .latency import measure_latency, pairwise_latencies, pairwise_ratio
 from .pruner import PRUNABLE_TYPES, ChannelPruner, PruneStep, match_layer_patterns
 from .report import count_macs_params
 from .surgery import ParameterChange
@@ -289,9 +293,17 @@ def trial_value(
     >>> trial_value(pruner, lambda m: float(m[0].out_channels), 0.5), net[0].out_channels
     (4.0, 8)
     """
+    return float(measure(trial_model(pruner, ratio, ratio_overrides)))
+
+
+def trial_model(
+    pruner: ChannelPruner, ratio: float, ratio_overrides: Mapping[nn.Module, float] | None = None
+) -> nn.Module:
+    """The model that ``pruner.prune_to(ratio, ratio_overrides)`` would give, pruned on a copy
+    (:func:`clone_pruner`); ``pruner`` is untouched."""
     trial = clone_pruner(pruner)
     trial.prune_to(ratio, overrides_of_clone(pruner, trial, ratio_overrides))
-    return float(measure(trial.model))
+    return trial.model
 
 
 def overrides_of_clone(
@@ -522,7 +534,7 @@ class BudgetTracker:
         if self.dense_value <= 0:
             raise ValueError(f"the dense model has {self.target}={self.dense_value}; a budget needs a positive one")
         with pruner.magnitude_stand_in():  # before training, gradient criteria have nothing to read
-            self.smallest_reachable = trial_value(pruner, self.measure, MAX_RATIO, overrides)
+            self.smallest_reachable = self._smallest_reachable(pruner, model, overrides)
             if self.budget < self.smallest_reachable:
                 raise ValueError(
                     f"budget={self.budget} for target={self.target!r} cannot be reached: the smallest reachable "
@@ -532,6 +544,18 @@ class BudgetTracker:
                     "fewer ignored_layers"
                 )
             self.plan = search_channel_ratio(pruner, self.measure, self.budget, 0.0, overrides)
+
+    def _smallest_reachable(
+        self, pruner: ChannelPruner, model: nn.Module, overrides: Mapping[nn.Module, float] | None
+    ) -> float:
+        """The measure of the most pruned model, as a fraction of dense. Latency is timed side by side with
+        the dense ``model`` (median of the pairwise ratios): two medians taken apart can differ by half on a
+        shared machine, and this value decides whether the fit may start at all."""
+        if self.target != "latency":
+            return trial_value(pruner, self.measure, MAX_RATIO, overrides)
+        smallest = trial_model(pruner, MAX_RATIO, overrides)
+        dense_times, smallest_times = pairwise_latencies([model, smallest], self.example_inputs())
+        return self._shared(pairwise_ratio(dense_times, smallest_times).median)
 
     def prune(
         self,

@@ -294,19 +294,12 @@ def test_an_override_pattern_without_prunable_layers_is_rejected_before_training
 
 
 # -- latency (the measure is replaced by a deterministic stand-in, so the test is not timing-dependent) --
-def test_latency_target_measures_the_model_on_its_device_at_fit_start(monkeypatch):
-    calls = []
-
-    def fake_latency(model, example_inputs, repeats=20, warmup=3):
-        calls.append(next(model.parameters()).device)
-        return count_macs_params(model, example_inputs)[0] * 1e-9
-
-    monkeypatch.setattr(budget_module, "measure_latency", fake_latency)
+def test_latency_target_measures_the_model_on_its_device_at_fit_start(macs_as_latency):
     module = classifier()
     granule, _ = one_channel_granule(module)
     callback = PruningCallback(target="latency", budget=0.6, schedule="one_shot", verbose=False)
     trainer, recorder = fit(module, callback, epochs=1)
-    assert calls and all(device.type == "cpu" for device in calls)
+    assert macs_as_latency and all(device.type == "cpu" for device in macs_as_latency)
     assert 0.6 - granule <= recorder.ratios[-1][0] <= 0.6
     assert trainer.callback_metrics["prune/latency_ratio"].item() == pytest.approx(recorder.ratios[-1][0], rel=1e-6)
 
@@ -328,6 +321,33 @@ def test_measure_latency_is_the_median_of_timed_passes():
     assert net.calls == 6
     assert 0.004 <= latency < 0.03  # the mean would be >= 0.06, the outlier alone 0.3
     assert net.training
+
+
+def test_a_machine_that_slows_down_after_the_dense_timing_does_not_reject_a_reachable_latency_budget():
+    class Slowing(nn.Module):
+        """Sleeps in proportion to its width; 10x slower once the dense model has been timed on its own (another
+        job starts on the machine). Its pruned copies share the slowdown: it is the machine's."""
+
+        passes = [0]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            self.passes[0] += 1
+            time.sleep(5e-5 * self.conv.out_channels * (1 if self.passes[0] <= 23 else 10))
+            return self.head(self.conv(x))
+
+    net = Slowing()
+    pruner = ChannelPruner(net, torch.zeros(1, 3, 4, 4), ignored_layers=[net.head])
+    Slowing.passes[0] = 0  # the dense model's own timing: 3 warm-up and 20 timed passes
+    tracker = budget_module.BudgetTracker("latency", 0.5, lambda: torch.zeros(1, 3, 4, 4))
+    tracker.resolve(pruner, net, n_kept=1)  # timed apart, the smallest model would measure about 1.2x dense
+    assert Slowing.passes[0] > 23 + 2 * 23  # the smallest model was timed after the slowdown
+    assert tracker.smallest_reachable is not None and tracker.smallest_reachable < 0.4
+    assert net.conv.out_channels == 8  # timed on a copy
 
 
 # -- bad arguments ------------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def test_sparse_training_drives_the_weak_channels_down_before_the_prune():
     assert sparse < 0.75 * plain
 
 
-def test_a_latency_budget_ranks_by_measured_cost():
+def test_a_latency_budget_ranks_by_measured_cost(macs_as_latency):
+    # the budget's own timings are a deterministic stand-in; the channel costs are timed for real
     callback = PruningCallback(target="latency", budget=0.9, schedule="one_shot", start_epoch=0, end_epoch=0,
                                verbose=False)
     assert callback.spec.cost_kind == "latency"
@@ -78,7 +79,7 @@ def test_a_latency_budget_ranks_by_measured_cost():
     costs = callback.session.cost_aware.costs
     convs = [m for m in callback.session.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(costs[c].out > 0 for c in convs)  # measured at the last prune's widths
-    assert callback.events and callback.events[-1]["prune/latency_ratio"] <= 0.9 + 0.1
+    assert callback.events and callback.events[-1]["prune/latency_ratio"] <= 0.9
 
 
 def test_bad_options_are_named_before_training():
