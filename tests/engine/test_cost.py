@@ -159,6 +159,25 @@ def test_with_a_unit_a_layer_is_charged_what_removing_units_saves():
     assert units.macs_out == even.macs_out  # the MACs side is unchanged
 
 
+class BlockedConv(nn.Conv2d):
+    """A conv whose time is 2 ms per started block of 32 output channels (a kernel that works in wide blocks):
+    removing one or two units of 8 from 128 channels saves nothing, a quarter of them saves a block."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        time.sleep(2e-3 * -(-weight.shape[0] // 32))
+        return super()._conv_forward(input, weight, bias)
+
+
+def test_a_wide_layer_is_timed_a_quarter_and_a_half_narrower():
+    """Units of 8 are 6% of a 128-wide layer: what removing them saves is timed over spans of a quarter and
+    a half of its width (here 4 and 8 units), where a blocked kernel's saving shows (and timing noise is a
+    smaller share of it)."""
+    net = nn.Sequential(BlockedConv(4, 128, 1))
+    costs = measure_costs(net, torch.zeros(1, 4, 2, 2), "latency", unit=8)[net[0]]
+    assert costs.out == pytest.approx(2e-3 / 32, rel=0.3)  # one block of 32 channels saves 2 ms
+    assert costs.out > 10 * FLOOR_SHARE * 8e-3 / 128
+
+
 def test_a_cost_aware_session_times_units_of_round_to():
     net = nn.Sequential(InputBoundConv(8, 16, 1), nn.Conv2d(16, 2, 1))
     spec = PruningSpec(ratio=0.5, channel_cost="latency", round_to=4, verbose=False)
