@@ -476,3 +476,17 @@ def test_thinned_resnet20_has_the_widths_asked_and_runs():
     assert [b.conv2.out_channels for b in net.layer2] == [24, 24, 24]
     assert net.layer2[0].downsample[0].in_channels == 12 and net.layer2[0].conv1.stride == (2, 2)
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+# -- costs (bench_costs.py): are timed channel costs repeatable? ---------------------------------------------
+def test_costs_smoke_reports_each_calls_cost_per_layer(tmp_path):
+    result = run_smoke("bench_costs.py", tmp_path / "costs.json")
+    check_machine(result)
+    assert result["kind"] == "latency_per_mac" and result["unit"] == 8 and result["spans"] == "shares"
+    layers = {row["layer"]: row for row in result["layers"]}
+    assert set(layers) == {"c1", "c2", "fc"}  # the tiny model's conv and linear layers
+    for row in layers.values():
+        assert len(row["out_us"]) == 2 and all(v > 0 for v in row["out_us"])
+        assert row["spread"] == pytest.approx(max(row["out_us"]) / min(row["out_us"]))
+        assert all(v is not None and v > 0 for v in row["out_ps_per_mac"])
+    assert result["median_spread"] >= 1 and result["plot"] == "costs.png" and (tmp_path / "costs.png").is_file()
