@@ -11,7 +11,7 @@ import datetime as _dt
 import json
 import os
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,16 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def save_result(result: dict[str, Any], out: str | os.PathLike, plot: Callable[[dict[str, Any], Path], Path | None]
+                ) -> Path:
+    """Plot ``result`` beside ``out`` (the same name, ``.png``), record the plot's file name in it as ``plot``
+    (None without matplotlib) and write it as JSON to ``out``; returns the JSON's path."""
+    out = Path(out)
+    png = plot(result, out.with_suffix(".png"))
+    result["plot"] = png.name if png else None
+    return write_json(out, result)
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -28,7 +28,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import RESULTS_DIR, machine_info, markdown_table, pyplot, set_threads, write_json  # noqa: E402
+from bench_common import RESULTS_DIR, machine_info, markdown_table, pyplot, save_result, set_threads  # noqa: E402
 from frontier_pieces import make_model  # noqa: E402
 
 from lightning_prune.engine import cost  # noqa: E402
@@ -101,10 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
-    out = Path(args.out)
-    png = plot(result, out.with_suffix(".png"))
-    result["plot"] = png.name if png else None
-    write_json(out, result)
+    save_result(result, args.out, plot)
     print(markdown_table(["layer", "µs per output channel, each call", "spread", "ps per MAC, each call"],
                          [[r["layer"], " / ".join(f"{v:.1f}" for v in r["out_us"]), r["spread"],
                            " / ".join(f"{v:.0f}" if v is not None else "-" for v in r["out_ps_per_mac"])]

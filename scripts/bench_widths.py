@@ -39,8 +39,8 @@ from bench_common import (  # noqa: E402
     machine_info,
     markdown_table,
     pyplot,
+    save_result,
     set_threads,
-    write_json,
 )
 
 from lightning_prune.app.models import CifarBasicBlock, resnet20  # noqa: E402
@@ -144,10 +144,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
-    out = Path(args.out)
-    png = plot(result, out.with_suffix(".png"))
-    result["plot"] = png.name if png else None
-    write_json(out, result)
+    save_result(result, args.out, plot)
     print(markdown_table(["stream", "inner", "MACs", "latency", "efficiency"],
                          [[r["stream"], r["inner"], r["macs_ratio"], r["latency_ratio"], r["efficiency"]]
                           for r in result["configs"]]))
