@@ -228,6 +228,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pruned_first_latency": dict(criterion="l2", channel_cost="latency", round_to=8, **PRUNED_FIRST),
     "pruned_first_cost": dict(criterion="l2", channel_cost="macs_memory", round_to=8, **PRUNED_FIRST),
     "pruned_first_large_final": dict(criterion="large_final", **PRUNED_FIRST),
+    "pruned_first_large_final_latency_per_mac": dict(criterion="large_final", channel_cost="latency_per_mac",
+                                                     round_to=8, **PRUNED_FIRST),
     # ... ranked by BatchNorm scales (network slimming's criterion) instead of weight norms
     "pruned_first_bn_scale_round8": dict(criterion="bn_scale", round_to=8, **PRUNED_FIRST),
     "pruned_first_bn_scale_latency": dict(criterion="bn_scale", channel_cost="latency", round_to=8, **PRUNED_FIRST),
