@@ -59,6 +59,7 @@ from bench_common import (  # noqa: E402
     markdown_table,
     modelpruning_callback,
     pyplot,
+    save_figure,
     set_threads,
     write_json,
 )
@@ -332,11 +333,7 @@ def plot(result: dict, path: Path) -> Path | None:
     ax.set_title("Accuracy against compute, mean ± std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

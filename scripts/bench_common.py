@@ -110,6 +110,15 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it to ``path`` (creating folders) and close it; returns ``path``."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def save_result(result: dict[str, Any], out: str | os.PathLike, plot: Callable[[dict[str, Any], Path], Path | None]
                 ) -> Path:
     """Plot ``result`` beside ``out`` (the same name, ``.png``), record the plot's file name in it as ``plot``

@@ -28,7 +28,15 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import RESULTS_DIR, machine_info, markdown_table, pyplot, save_result, set_threads  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    machine_info,
+    markdown_table,
+    pyplot,
+    save_figure,
+    save_result,
+    set_threads,
+)
 from frontier_pieces import make_model  # noqa: E402
 
 from lightning_prune.engine import cost  # noqa: E402
@@ -75,10 +83,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     ax.set(yscale="log", ylabel="µs saved per output channel",
            title=f"{result['model']}: {result['kind']}, unit={result['unit']}, spans {result['spans']}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

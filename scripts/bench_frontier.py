@@ -76,6 +76,7 @@ from bench_common import (  # noqa: E402
     markdown_table,
     modelpruning_callback,
     pyplot,
+    save_figure,
     set_threads,
     time_hooks,
     write_json,
@@ -434,11 +435,7 @@ def plot(result: dict, path: Path) -> Path | None:
     axes[0].set_ylabel("val accuracy (%), mean ± std over seeds")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{result['config_name']}: accuracy against latency and compute")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

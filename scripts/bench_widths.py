@@ -39,6 +39,7 @@ from bench_common import (  # noqa: E402
     machine_info,
     markdown_table,
     pyplot,
+    save_figure,
     save_result,
     set_threads,
 )
@@ -121,10 +122,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     ax.plot([0, 0.9], [0, 1], "k--", linewidth=0.8)  # efficiency 0.9
     ax.set(xlabel="MACs ratio", ylabel=f"latency ratio (batch {result['batch']})",
            title="ResNet-20 at hand-set widths (stream/inner)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
