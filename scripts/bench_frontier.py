@@ -242,6 +242,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "sparse_first_strong": dict(criterion="l2", sparse_training=1e-2, sparse_first=True),
     "sparse_first_latency_per_mac": dict(criterion="l2", sparse_training=1e-3, sparse_first=True,
                                          channel_cost="latency_per_mac", round_to=8),
+    "sparse_first_large_final_latency_per_mac": dict(criterion="large_final", sparse_training=1e-3, sparse_first=True,
+                                                     channel_cost="latency_per_mac", round_to=8),
     # ... with units of 4 channels: a timed cost can leave a slow kernel width (16) for a fast one (12)
     "pruned_first_latency_round4": dict(criterion="l2", channel_cost="latency", round_to=4, **PRUNED_FIRST),
     "pruned_first_bn_scale_latency_round4": dict(criterion="bn_scale", channel_cost="latency", round_to=4,
